@@ -1,0 +1,66 @@
+"""Request/response schemas, for validation documentation in OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BatchRequest",
+    "BatchResponse",
+    "ErrorBody",
+    "ErrorResponse",
+    "PredictRequest",
+    "PredictResponse",
+]
+
+
+class PredictRequest(BaseModel):
+    """One input to classify."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: str = Field(description="Text to classify.", min_length=1)
+    deadline_ms: float | None = Field(
+        None, gt=0, le=600_000, description="Answer within this many ms (default from config)."
+    )
+
+
+class BatchRequest(BaseModel):
+    """Many inputs, answered with one model call per tier."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[str] = Field(description="Texts to classify.", min_length=1)
+    deadline_ms: float | None = Field(None, gt=0, le=600_000, description="Deadline for all.")
+
+
+class PredictResponse(BaseModel):
+    """One answer, with how it was produced."""
+
+    output: str | None = Field(description="Predicted label (null only if every tier failed).")
+    confidence: float | None = Field(description="Calibrated confidence of the answering tier.")
+    tier: str | None = Field(description="Tier that produced the answer.")
+    path: list[str] = Field(description="Every tier tried, in order.")
+    cache: Literal["exact", "semantic"] | None = Field(description="Cache that answered, if any.")
+    degraded: str | None = Field(description="Why this is not the policy's answer, if it is not.")
+    latency_ms: float = Field(description="Time spent in the service, ms.")
+    cost: float = Field(description="Cost of the tiers tried, currency units.")
+    model_version: str | None = Field(description="Version of the answering model.")
+    calibration_version: str | None = Field(description="Version of the calibration artifact.")
+
+
+class BatchResponse(BaseModel):
+    """Answers in input order."""
+
+    results: list[PredictResponse]
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="Machine-readable error type.")
+    message: str = Field(description="What is wrong, for humans.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error response has this shape."""
+
+    error: ErrorBody

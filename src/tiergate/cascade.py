@@ -1,0 +1,192 @@
+"""The cascade policy: try tiers cheapest first; accept when confident enough.
+
+Batch-oriented: the inputs still pending go to a tier as one batch, so a batch
+request (or a micro-batch) costs one model call per tier, not one per input.
+Deadline-aware: a tier is attempted only if its expected latency fits the remaining
+budget; a tier that fails, times out or would overrun the deadline degrades the
+answer to the best one computed so far, else the next tier, else the configured
+default, and ``degraded`` says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tiergate.errors import ModelError
+from tiergate.metrics import Metrics
+from tiergate.tier import Tier
+from tiergate.types import Result, TierAnswer
+
+__all__ = ["Cascade", "FallbackPolicy"]
+
+
+@dataclass(frozen=True)
+class FallbackPolicy:
+    """What the cascade answers when no tier gives the policy's answer."""
+
+    default_output: str | None = None
+    best_so_far_on_deadline: bool = True
+
+
+class Cascade:
+    """Ordered tiers plus the acceptance rule; returns one :class:`Result` per input."""
+
+    def __init__(
+        self,
+        tiers: Sequence[Tier],
+        *,
+        calibration_version: str | None,
+        fallback: FallbackPolicy = FallbackPolicy(),
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not tiers:
+            raise ValueError("a cascade needs at least one tier")
+        for t in tiers[:-1]:
+            if t.threshold is None:
+                raise ValueError(f"tier {t.name!r} is not the last tier and has no threshold")
+        self.tiers = tuple(tiers)
+        self.calibration_version = calibration_version
+        self.fallback = fallback
+        self.metrics = metrics
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"Cascade({list(self.tiers)!r}, calibration={self.calibration_version!r})"
+
+    async def run(
+        self, texts: Sequence[str], deadline: float, *, start: float | None = None
+    ) -> list[Result]:
+        """Answer ``texts``; ``deadline`` is an absolute time on ``clock``."""
+        t_start = self.clock() if start is None else start
+        n = len(texts)
+        paths: list[list[str]] = [[] for _ in range(n)]
+        costs = [0.0] * n
+        best: list[TierAnswer | None] = [None] * n
+        accepted: list[bool] = [False] * n
+        reasons: list[str | None] = [None] * n
+        pending = list(range(n))
+        m = self.metrics
+
+        for i, tier in enumerate(self.tiers):
+            if not pending:
+                break
+            remaining = deadline - self.clock()
+            if remaining <= 0 or tier.latency.expected() > remaining:
+                for j in pending:
+                    reasons[j] = "deadline"
+                if m:
+                    m.tier_calls.labels(tier.name, "skipped").inc(len(pending))
+                break
+            batch = [texts[j] for j in pending]
+            for j in pending:
+                paths[j].append(tier.name)
+                costs[j] += tier.cost_per_call
+            if m:
+                m.cost.labels(tier.name).inc(tier.cost_per_call * len(pending))
+            t0 = self.clock()
+            timeout = min(tier.timeout_s, remaining)
+            try:
+                probs = await asyncio.wait_for(tier.predict(batch), timeout)
+            except TimeoutError:
+                reason = f"tier_timeout:{tier.name}" if timeout >= tier.timeout_s else "deadline"
+                pending = self._fail(pending, best, reasons, reason, tier, "timeout")
+                if reason == "deadline":
+                    break
+                continue
+            except ModelError:
+                pending = self._fail(
+                    pending, best, reasons, f"tier_error:{tier.name}", tier, "error"
+                )
+                continue
+            elapsed = self.clock() - t0
+            if m:
+                m.tier_latency.labels(tier.name).observe(elapsed)
+            idx = probs.argmax(axis=1)
+            conf = probs[np.arange(len(pending)), idx]
+            last = i == len(self.tiers) - 1
+            thr = tier.threshold
+            per_item_ms = elapsed * 1000.0
+            still: list[int] = []
+            for row, j in enumerate(pending):
+                c = float(conf[row])
+                best[j] = TierAnswer(
+                    tier.name, tier.labels[int(idx[row])], c, tier.cost_per_call,
+                    per_item_ms, tier.version,
+                )  # fmt: skip
+                if last or (thr is not None and c >= thr):
+                    accepted[j] = True
+                else:
+                    still.append(j)
+            if m:
+                m.tier_calls.labels(tier.name, "accepted").inc(len(pending) - len(still))
+                if still and not last:
+                    m.tier_calls.labels(tier.name, "escalated").inc(len(still))
+                    m.escalations.labels(tier.name, self.tiers[i + 1].name).inc(len(still))
+            pending = still
+
+        now = self.clock()
+        latency_ms = (now - t_start) * 1000.0
+        return [
+            self._result(best[j], accepted[j], reasons[j], tuple(paths[j]), costs[j], latency_ms)
+            for j in range(n)
+        ]
+
+    def _fail(
+        self,
+        pending: list[int],
+        best: list[TierAnswer | None],
+        reasons: list[str | None],
+        reason: str,
+        tier: Tier,
+        outcome: str,
+    ) -> list[int]:
+        # Inputs with an answer from a lower tier stop here (answered degraded);
+        # those without one go on to the next tier.
+        if self.metrics:
+            self.metrics.tier_calls.labels(tier.name, outcome).inc(len(pending))
+        for j in pending:
+            reasons[j] = reason
+        return [j for j in pending if best[j] is None]
+
+    def _result(
+        self,
+        answer: TierAnswer | None,
+        accepted: bool,
+        reason: str | None,
+        path: tuple[str, ...],
+        cost: float,
+        latency_ms: float,
+    ) -> Result:
+        if answer is not None:
+            return Result(
+                output=answer.output,
+                confidence=answer.confidence,
+                tier=answer.tier,
+                path=path,
+                cache=None,
+                degraded=reason if (reason or not accepted) else None,
+                latency_ms=latency_ms,
+                cost=cost,
+                model_version=answer.model_version,
+                calibration_version=self.calibration_version,
+            )
+        fallback = self.fallback.default_output
+        return Result(
+            output=fallback,
+            confidence=None,
+            tier=None,
+            path=path,
+            cache=None,
+            degraded=reason or "no_tier",
+            latency_ms=latency_ms,
+            cost=cost,
+            model_version=None,
+            calibration_version=self.calibration_version,
+            extra={} if fallback is not None else {"failed": True},
+        )

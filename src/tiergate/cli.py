@@ -1,0 +1,179 @@
+"""The `tiergate` command line (typer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tiergate.config import load_config, tiergate_home
+from tiergate.errors import CalibrationError, TiergateError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tiergate",
+    help="Serve a fast and an accurate model as calibrated tiers of one service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+demo_app = typer.Typer(help="The built-in review-sentiment demo.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+err = Console(stderr=True)
+stdout = Console()
+
+
+def _fail(exc: TiergateError, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+    return typer.Exit(code)
+
+
+def demo_dir() -> Path:
+    return tiergate_home() / "demo"
+
+
+def _demo_config(console: Console) -> Path:
+    from tiergate.demo.build import build_demo
+
+    path: Path = build_demo(demo_dir(), console=console)
+    return path
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+    )  # fmt: skip
+
+
+@demo_app.command("build")
+def demo_build(
+    dir: Annotated[
+        Path | None, typer.Option(help="Where to build (default: $TIERGATE_HOME/demo).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if the artifacts exist.")] = False,
+) -> None:
+    """Build the demo's data split, models and calibration (cached)."""
+    from tiergate.demo.build import build_demo
+
+    try:
+        path = build_demo(dir or demo_dir(), force=force, console=err)
+    except TiergateError as exc:
+        raise _fail(exc) from None
+    stdout.print(f"demo config: {path}")
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Argument(help="Service config (default: the demo).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a config over HTTP (the built-in demo without CONFIG)."""
+    import uvicorn
+
+    from tiergate.api import create_app
+    from tiergate.service import Service
+
+    try:
+        path = config or _demo_config(err)
+        cfg = load_config(path)
+        err.print(f"loading {cfg.service} from {path} …")
+        service = Service.from_config(cfg)
+    except TiergateError as exc:
+        raise _fail(exc) from None
+    err.print(f"tiers: {', '.join(repr(t) for t in service.tiers)}", highlight=False)
+    uvicorn.run(
+        create_app(service), host=host, port=port, log_level=log_level,
+        access_log=False, loop="auto", http="auto",
+    )  # fmt: skip
+
+
+@app.command()
+def predict(
+    args: Annotated[
+        list[str], typer.Argument(help="[CONFIG] TEXT... (a .yaml first means CONFIG)")
+    ],
+) -> None:
+    """One-off predictions in-process; prints one JSON object per text."""
+    from tiergate.service import Service
+
+    if args and args[0].endswith((".yaml", ".yml")):
+        config_path: Path | None = Path(args[0])
+        texts = args[1:]
+    else:
+        config_path, texts = None, args
+    if not texts:
+        err.print("[bold red]error:[/] give at least one TEXT")
+        raise typer.Exit(2)
+    try:
+        cfg = load_config(config_path or _demo_config(err))
+        service = Service.from_config(cfg, measure_costs=True)
+        results = asyncio.run(service.predict_batch(texts))
+    except TiergateError as exc:
+        raise _fail(exc) from None
+    for r in results:
+        sys.stdout.write(json.dumps(r.to_dict()) + "\n")
+    service.close()
+
+
+@app.command()
+def calibrate(
+    config: Annotated[Path, typer.Argument(help="Service config.")],
+    data: Annotated[Path, typer.Option(help="Labelled JSONL/CSV calibration data.")],
+    target_accuracy: Annotated[float, typer.Option(help="Accuracy the cascade must keep.")],
+    confidence: Annotated[float, typer.Option(help="Probability the guarantee holds.")] = 0.95,
+    out: Annotated[
+        Path | None, typer.Option(help="Artifact path (default: next to CONFIG).")
+    ] = None,
+) -> None:
+    """Choose the cheapest thresholds that meet the accuracy target, with a guarantee."""
+    from tiergate.offline import calibrate_config
+
+    target = out or config.parent / "calibration.json"
+    if not 0 < target_accuracy < 1 or not 0 < confidence < 1:
+        err.print("[bold red]error:[/] --target-accuracy and --confidence must be in (0, 1)")
+        raise typer.Exit(2)
+    try:
+        with _progress() as bar:
+            tasks: dict[str, Any] = {}
+
+            def tick(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(f"scoring {name}", total=total)
+                bar.update(tasks[name], completed=done)
+
+            body = calibrate_config(
+                config, data, target_accuracy=target_accuracy, confidence=confidence,
+                out=target, progress=tick,
+            )  # fmt: skip
+    except CalibrationError as exc:
+        raise _fail(exc, 1) from None
+    except TiergateError as exc:
+        raise _fail(exc) from None
+    a = body["achieved"]
+    stdout.print(
+        f"wrote {target} (version {body['version']})\n"
+        f"thresholds: {body['thresholds']}\n"
+        f"accuracy on calibration data {a['accuracy']:.4f}; certified lower bound "
+        f"{a['accuracy_lower_bound']:.4f} ≥ target {body['target_accuracy']:.4f} "
+        f"at confidence {body['confidence']}\n"
+        f"escalation rate {a['escalation_rate']:.3f}; expected cost {a['expected_cost']:.3g}",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    """Entry point of the `tiergate` script."""
+    app()

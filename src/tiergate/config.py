@@ -1,0 +1,241 @@
+"""Typed service configuration, loaded from YAML.
+
+The only module that reads config files (and, via :func:`tiergate_home`, the
+environment). Every knob is a frozen pydantic model with ``extra="forbid"`` so a
+typo is an error, not a silently ignored key; :func:`load_config` turns every
+validation failure into one :class:`~tiergate.errors.ConfigError` whose message
+lists each problem with its location in the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from tiergate.errors import ConfigError
+
+__all__ = [
+    "CallableModelConfig",
+    "FallbackConfig",
+    "LimitsConfig",
+    "ModelConfig",
+    "OnnxEmbeddingClassifierConfig",
+    "PricingConfig",
+    "SLOConfig",
+    "ServiceConfig",
+    "SklearnModelConfig",
+    "TierConfig",
+    "format_validation_error",
+    "load_config",
+    "tiergate_home",
+]
+
+
+def _existing_file(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    path = value if value.is_absolute() or base is None else Path(base) / value
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path.resolve()
+
+
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SklearnModelConfig(_Frozen):
+    """A scikit-learn pipeline with ``predict_proba``, saved with joblib."""
+
+    kind: Literal["sklearn"] = Field(description="Model adapter kind.")
+    path: ExistingFile = Field(description="joblib file, relative to the config file.")
+
+
+class OnnxEmbeddingClassifierConfig(_Frozen):
+    """An ONNX sentence-embedding model followed by a scikit-learn classifier head."""
+
+    kind: Literal["onnx-embedding-classifier"] = Field(description="Model adapter kind.")
+    path: ExistingFile = Field(description="ONNX transformer returning token embeddings.")
+    tokenizer: ExistingFile = Field(description="HuggingFace tokenizers `tokenizer.json`.")
+    head: ExistingFile = Field(description="joblib classifier over the pooled embedding.")
+    max_length: int = Field(128, ge=8, le=4096, description="Truncate inputs to this many tokens.")
+    intra_op_threads: int | None = Field(
+        None, ge=1, le=256, description="onnxruntime intra-op threads (default: CPU count)."
+    )
+
+
+class CallableModelConfig(_Frozen):
+    """A Python callable ``f(texts) -> probabilities``, imported as ``module:attr``."""
+
+    kind: Literal["callable"] = Field(description="Model adapter kind.")
+    target: str = Field(
+        description="Import path `package.module:function`.", pattern=r"^[\w.]+:[\w.]+$"
+    )
+    labels: tuple[str, ...] = Field(min_length=2, description="Class labels, in column order.")
+
+
+ModelConfig = Annotated[
+    SklearnModelConfig | OnnxEmbeddingClassifierConfig | CallableModelConfig,
+    Field(discriminator="kind"),
+]
+
+
+class TierConfig(_Frozen):
+    """One tier of the cascade: a model, its price and its protection."""
+
+    name: str = Field(description="Tier name, used in responses and metrics.")
+    model: ModelConfig = Field(description="Which model serves this tier.")
+    cost_per_call: float | None = Field(
+        None,
+        ge=0,
+        description="Cost of one call in currency units; if absent, derived from the CPU "
+        "time measured at start-up times `pricing.cpu_second`.",
+    )
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Manual confidence threshold; overrides the calibration artifact.",
+    )
+    timeout_ms: float = Field(
+        2000, gt=0, description="Give up on this tier after this long and degrade."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", v):
+            raise ValueError("tier names are 1-32 chars of a-z, 0-9, '_' or '-', starting a-z")
+        return v
+
+
+class PricingConfig(_Frozen):
+    """How tiergate prices tiers that declare no ``cost_per_call``."""
+
+    cpu_second: float = Field(
+        1.25e-5,
+        ge=0,
+        description="Price of one CPU-second (default: an on-demand cloud vCPU, ~0.045/h).",
+    )
+
+
+class FallbackConfig(_Frozen):
+    """What to answer when the policy's answer cannot be had."""
+
+    default_output: str | None = Field(
+        None, description="Answer with this label if no tier could answer at all."
+    )
+    on_deadline: Literal["best_so_far", "error"] = Field(
+        "best_so_far",
+        description="At the deadline, return the best answer computed so far, or a 504.",
+    )
+
+
+class LimitsConfig(_Frozen):
+    """Input size limits enforced before any model runs."""
+
+    max_input_chars: int = Field(5000, ge=1, description="Longest accepted input, in characters.")
+    max_input_bytes: int = Field(20000, ge=1, description="Longest accepted input, in UTF-8 bytes.")
+    max_batch_items: int = Field(256, ge=1, description="Most inputs in one batch request.")
+    max_body_bytes: int = Field(
+        2_000_000, ge=1024, description="Largest accepted HTTP request body."
+    )
+
+
+class SLOConfig(_Frozen):
+    """Declared service level objectives, checked by `tiergate check`."""
+
+    p99_ms: float | None = Field(None, gt=0, description="99th percentile latency bound.")
+    accuracy: float | None = Field(None, gt=0, le=1, description="Minimum accuracy.")
+    availability: float | None = Field(
+        None, gt=0, le=1, description="Minimum share of non-5xx responses."
+    )
+    cost_per_1k: float | None = Field(None, ge=0, description="Maximum cost per 1k requests.")
+    rate: float | None = Field(None, gt=0, description="Arrival rate (req/s) the SLOs hold at.")
+
+
+class ServiceConfig(_Frozen):
+    """A whole service: ordered tiers (cheapest first), calibration, limits, SLOs."""
+
+    service: str = Field(description="Service name, shown in metrics and reports.")
+    tiers: tuple[TierConfig, ...] = Field(
+        min_length=1, description="Tiers in the order they are tried, cheapest first."
+    )
+    calibration: ExistingFile | None = Field(
+        None, description="Calibration artifact written by `tiergate calibrate`."
+    )
+    default_deadline_ms: float = Field(
+        1000, gt=0, description="Deadline of a request that sets none."
+    )
+    limits: LimitsConfig = Field(LimitsConfig(), description="Input limits.")
+    fallback: FallbackConfig = Field(FallbackConfig(), description="Fallbacks.")
+    pricing: PricingConfig = Field(PricingConfig(), description="Pricing.")
+    slo: SLOConfig = Field(SLOConfig(), description="Service level objectives.")
+    path: Path | None = Field(None, exclude=True, description="Where this config was read.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServiceConfig:
+        names = [t.name for t in self.tiers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tier names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tiers)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: ``source: tiers.1.model.kind: <what is wrong>``."""
+    lines = [f"{source}: {exc.error_count()} problem(s)"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README for the schema)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str) -> ServiceConfig:
+    """Read and validate a YAML config; relative paths resolve against its folder.
+
+    Raises :class:`ConfigError` with a readable, complete list of problems.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = {**data, "path": path.resolve()}
+    try:
+        return ServiceConfig.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+
+
+def tiergate_home() -> Path:
+    """Root of tiergate's caches: ``$TIERGATE_HOME`` or ``~/.cache/tiergate``."""
+    env = os.environ.get("TIERGATE_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tiergate"

@@ -1,0 +1,98 @@
+"""One exception tree for tiergate.
+
+```
+TiergateError                      base; carries a machine-readable ``type``
+├── ConfigError                    a config file or artifact is wrong (user fixable)
+├── InputError                     a request is invalid (HTTP 422)
+│   └── InputTooLargeError         a request exceeds a size limit (HTTP 413)
+├── NotReadyError                  models are still loading (HTTP 503)
+├── OverloadError                  admission control shed the request (HTTP 429)
+├── DeadlineExceededError          no tier answered in time, no fallback (HTTP 504)
+├── ModelError                     a model adapter failed or returned garbage
+└── CalibrationError               thresholds cannot meet the declared target
+```
+HTTP mapping lives in :mod:`tiergate.api`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CalibrationError",
+    "ConfigError",
+    "DeadlineExceededError",
+    "InputError",
+    "InputTooLargeError",
+    "ModelError",
+    "NotReadyError",
+    "OverloadError",
+    "TiergateError",
+]
+
+
+class TiergateError(Exception):
+    """Base of every error tiergate raises on purpose."""
+
+    type: str = "tiergate_error"
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error body: ``{"type": ..., "message": ..., **fields}``."""
+        return {"type": self.type, "message": self.message, **self.fields}
+
+
+class ConfigError(TiergateError):
+    """A config file, model file or calibration artifact is missing or invalid."""
+
+    type = "config_error"
+
+
+class InputError(TiergateError):
+    """A request body is invalid; the message says what is wrong."""
+
+    type = "invalid_input"
+
+
+class InputTooLargeError(InputError):
+    """A request exceeds a size limit (characters, bytes or batch length)."""
+
+    type = "input_too_large"
+
+
+class NotReadyError(TiergateError):
+    """The service has not finished loading its models."""
+
+    type = "not_ready"
+
+
+class OverloadError(TiergateError):
+    """The request was shed by admission control; retry after ``retry_after_s``."""
+
+    type = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(TiergateError):
+    """No tier could answer within the deadline and no fallback is configured."""
+
+    type = "deadline_exceeded"
+
+
+class ModelError(TiergateError):
+    """A model adapter raised or returned output that is not a valid distribution."""
+
+    type = "model_error"
+
+
+class CalibrationError(TiergateError):
+    """No thresholds satisfy the declared accuracy target with the declared confidence."""
+
+    type = "calibration_infeasible"

@@ -1,0 +1,241 @@
+"""Offline runs over labelled data: score every tier once, then replay policies.
+
+Calibration and evaluation both need each tier's probabilities on every example;
+computing them once (in batches) and replaying the cascade with
+:func:`tiergate.calibration.cascade_outcome` makes sweeps over thresholds free.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiergate.artifact import FORMAT, artifact_version, write_json_atomic
+from tiergate.calibration import (
+    BoolArray,
+    FloatArray,
+    IntArray,
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    learn_then_test,
+)
+from tiergate.config import ServiceConfig
+from tiergate.errors import ConfigError
+from tiergate.models.base import check_probabilities
+from tiergate.tier import Tier
+
+__all__ = [
+    "DatasetScores",
+    "calibrate_config",
+    "calibrate_service",
+    "read_labelled",
+    "score_dataset",
+]
+
+Progress = Callable[[str, int, int], None]
+
+
+def read_labelled(path: Path) -> tuple[list[str], list[str]]:
+    """Read ``{"input", "label"}`` JSON Lines (or a CSV with those columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"data file not found: {path}")
+    texts: list[str] = []
+    labels: list[str] = []
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.DictReader(f), start=2):
+                if "input" not in row or "label" not in row:
+                    raise ConfigError(f"{path}: CSV needs columns 'input' and 'label'")
+                texts.append(str(row["input"]))
+                labels.append(str(row["label"]))
+                del i
+    else:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    texts.append(str(obj["input"]))
+                    labels.append(str(obj["label"]))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ConfigError(
+                        f"{path}:{lineno}: expected a JSON object with 'input' and 'label'"
+                    ) from exc
+    if not texts:
+        raise ConfigError(f"{path}: no examples")
+    return texts, labels
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class DatasetScores:
+    """Every tier's raw probabilities on a labelled set."""
+
+    tier_names: tuple[str, ...]
+    labels: tuple[str, ...]
+    y: IntArray
+    probs: list[FloatArray]
+    cpu_s_per_item: list[float]
+    batch_latency_s: list[float]
+
+    def confidences(self, temperatures: Sequence[float]) -> list[FloatArray]:
+        return [
+            apply_temperature(p, t).max(axis=1)
+            for p, t in zip(self.probs, temperatures, strict=True)
+        ]
+
+    def correct(self) -> list[BoolArray]:
+        return [p.argmax(axis=1) == self.y for p in self.probs]
+
+    def subset(self, idx: IntArray) -> DatasetScores:
+        return DatasetScores(
+            self.tier_names, self.labels, self.y[idx], [p[idx] for p in self.probs],
+            self.cpu_s_per_item, self.batch_latency_s,
+        )  # fmt: skip
+
+
+def score_dataset(
+    tiers: Sequence[Tier],
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> DatasetScores:
+    """Run every tier over every text (raw probabilities, no temperature)."""
+    names = tiers[0].labels
+    index = {lab: i for i, lab in enumerate(names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise ConfigError(
+            f"data has labels the models do not know: {unknown[:5]} (models: {list(names)})"
+        )
+    y = np.array([index[lab] for lab in labels], dtype=np.int64)
+    all_probs: list[FloatArray] = []
+    cpu: list[float] = []
+    lat: list[float] = []
+    for tier in tiers:
+        order = [tier.labels.index(lab) for lab in names]
+        chunks = []
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start : start + batch_size])
+            raw = tier.adapter.predict_batch(batch)
+            chunks.append(
+                check_probabilities(raw, len(batch), len(tier.labels), tier.name)[:, order]
+            )
+            if progress:
+                progress(tier.name, min(start + batch_size, len(texts)), len(texts))
+        all_probs.append(np.concatenate(chunks))
+        cpu.append((time.process_time() - cpu0) / len(texts))
+        lat.append((time.perf_counter() - t0) / max(1, len(chunks)))
+    return DatasetScores(tuple(t.name for t in tiers), names, y, all_probs, cpu, lat)
+
+
+def tier_costs(config: ServiceConfig, tiers: Sequence[Tier]) -> list[float]:
+    """Configured cost per call, else the one the tier measured at load."""
+    return [t.cost_per_call for t in tiers]
+
+
+def calibrate_service(
+    config: ServiceConfig,
+    tiers: Sequence[Tier],
+    scores: DatasetScores,
+    *,
+    target_accuracy: float | None,
+    confidence: float,
+    data_info: dict[str, Any],
+) -> dict[str, Any]:
+    """Fit temperatures, run Learn-then-Test, and return the artifact body."""
+    correct = scores.correct()
+    temps = [fit_temperature(p, scores.y) for p in scores.probs]
+    ece = {}
+    for name, p, t, ok in zip(scores.tier_names, scores.probs, temps, correct, strict=True):
+        ece[name] = {
+            "before": expected_calibration_error(p.max(axis=1), ok),
+            "after": expected_calibration_error(apply_temperature(p, t).max(axis=1), ok),
+            "accuracy": float(ok.mean()),
+        }
+    if target_accuracy is None:
+        target_accuracy = round(float(correct[-1].mean()) - 0.01, 4)
+    costs = tier_costs(config, tiers)
+    ltt = learn_then_test(
+        scores.confidences(temps),
+        correct,
+        costs,
+        target_accuracy,
+        confidence=confidence,
+        n_classes=len(scores.labels),
+    )
+    body: dict[str, Any] = {
+        "format": FORMAT,
+        "version": "",
+        "service": config.service,
+        "method": ltt.method,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "target_accuracy": target_accuracy,
+        "confidence": confidence,
+        "thresholds": {
+            name: thr for name, thr in zip(scores.tier_names[:-1], ltt.thresholds, strict=True)
+        },
+        "temperatures": dict(zip(scores.tier_names, temps, strict=True)),
+        "model_versions": {t.name: t.version for t in tiers},
+        "costs": dict(zip(scores.tier_names, costs, strict=True)),
+        "ece": ece,
+        "achieved": ltt.to_dict(),
+        "data": data_info,
+    }
+    body["version"] = artifact_version(body)
+    return body
+
+
+def calibrate_config(
+    config_path: Path,
+    data_path: Path,
+    *,
+    target_accuracy: float | None,
+    confidence: float = 0.95,
+    out: Path,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """`tiergate calibrate`: score the data, certify thresholds, write the artifact.
+
+    Raises :class:`~tiergate.errors.CalibrationError` (writing nothing) if infeasible.
+    """
+    from tiergate.config import load_config
+    from tiergate.service import Service
+
+    config = load_config(config_path)
+    config = config.model_copy(update={"calibration": None})
+    service = Service.from_config(config, require_calibration=False)
+    try:
+        texts, labels = read_labelled(data_path)
+        scores = score_dataset(service.tiers, texts, labels, progress=progress)
+    finally:
+        service.close()
+    info = {"path": str(data_path), "sha256": file_sha256(data_path), "n": len(texts)}
+    body = calibrate_service(
+        config, service.tiers, scores,
+        target_accuracy=target_accuracy, confidence=confidence, data_info=info,
+    )  # fmt: skip
+    write_json_atomic(out, body)
+    return body

@@ -1,0 +1,212 @@
+"""One service for one config: guard → cascade → tiers, with metrics. No HTTP here."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tiergate.artifact import CalibrationArtifact, read_artifact
+from tiergate.cascade import Cascade, FallbackPolicy
+from tiergate.config import ServiceConfig
+from tiergate.errors import ConfigError, DeadlineExceededError, ModelError
+from tiergate.guard import Guard
+from tiergate.metrics import Metrics
+from tiergate.models import ModelAdapter, load_adapter
+from tiergate.tier import Tier
+from tiergate.types import Result
+
+__all__ = ["Service"]
+
+_COST_PROBE = (
+    "a gorgeous, moving film",
+    "the plot is thin and the jokes fall flat, but the cast is likeable enough",
+    "an ambitious mess",
+)
+
+
+class Service:
+    """Composes tiers, calibration, guard and metrics for one :class:`ServiceConfig`.
+
+    >>> service = Service.from_config(load_config("config.yaml"))  # doctest: +SKIP
+    >>> await service.predict("a gorgeous, moving film")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        tiers: Sequence[Tier],
+        calibration: CalibrationArtifact | None,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.config = config
+        self.tiers = tuple(tiers)
+        self.calibration = calibration
+        self.metrics = metrics or Metrics(config.service, [t.name for t in tiers])
+        self.clock = clock
+        self.guard = Guard(config.limits)
+        self.cascade = Cascade(
+            self.tiers,
+            calibration_version=calibration.version if calibration else None,
+            fallback=FallbackPolicy(
+                default_output=config.fallback.default_output,
+                best_so_far_on_deadline=config.fallback.on_deadline == "best_so_far",
+            ),
+            metrics=self.metrics,
+            clock=clock,
+        )
+        for t in self.tiers:
+            self.metrics.cost_per_call.labels(t.name).set(t.cost_per_call)
+            self.metrics.info.labels(
+                config.service, t.name, t.version, self.cascade.calibration_version or "none"
+            ).set(1)
+        self.metrics.ready.set(1)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ServiceConfig,
+        *,
+        adapters: dict[str, ModelAdapter] | None = None,
+        require_calibration: bool = True,
+        measure_costs: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> Service:
+        """Load models and calibration; derive missing costs from measured CPU time.
+
+        ``adapters`` overrides the configured models by tier name (used by tests and
+        by the fault injector).
+        """
+        adapters = dict(adapters or {})
+        calibration = read_artifact(config.calibration) if config.calibration else None
+        tiers: list[Tier] = []
+        workers = 1
+        for i, tc in enumerate(config.tiers):
+            adapter = adapters.get(tc.name) or load_adapter(tc.model)
+            last = i == len(config.tiers) - 1
+            threshold = tc.threshold
+            temperature = 1.0
+            if calibration is not None:
+                _check_calibration(calibration, tc.name, adapter.version, str(config.calibration))
+                temperature = calibration.temperatures.get(tc.name, 1.0)
+                if threshold is None and not last:
+                    threshold = calibration.thresholds.get(tc.name)
+            if threshold is None and not last and require_calibration:
+                raise ConfigError(
+                    f"tier {tc.name!r} has no threshold: run `tiergate calibrate` and set "
+                    f"`calibration:` in the config, or set `threshold:` on the tier"
+                )
+            tiers.append(
+                Tier(
+                    tc.name,
+                    adapter,
+                    threshold=None if last else (threshold if threshold is not None else 1.0),
+                    temperature=temperature,
+                    cost_per_call=tc.cost_per_call,
+                    timeout_s=tc.timeout_ms / 1000.0,
+                    workers=workers,
+                    clock=clock,
+                )
+            )
+        _check_labels(tiers)
+        if measure_costs:
+            for t in tiers:
+                t.measure_cost(_COST_PROBE, config.pricing.cpu_second)
+        return cls(config, tiers, calibration, clock=clock)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.tiers[0].labels
+
+    def deadline(self, deadline_ms: float | None) -> tuple[float, float]:
+        """``(start, absolute deadline)`` on the service clock."""
+        start = self.clock()
+        ms = deadline_ms if deadline_ms is not None else self.config.default_deadline_ms
+        return start, start + ms / 1000.0
+
+    async def predict(self, text: Any, deadline_ms: float | None = None) -> Result:
+        """Answer one input (validated here); raises a typed error if nothing can answer."""
+        start, deadline = self.deadline(deadline_ms)
+        clean = self.guard.text(text)
+        (result,) = await self.cascade.run([clean], deadline, start=start)
+        self._account(result)
+        if result.output is None:
+            raise self._failure(result)
+        if result.degraded == "deadline" and not self.cascade.fallback.best_so_far_on_deadline:
+            raise DeadlineExceededError("deadline reached before the policy's answer")
+        return result
+
+    async def predict_batch(self, texts: Any, deadline_ms: float | None = None) -> list[Result]:
+        """Answer many inputs with one model call per tier; failures are per item."""
+        start, deadline = self.deadline(deadline_ms)
+        clean = self.guard.batch(texts)
+        results = await self.cascade.run(clean, deadline, start=start)
+        for r in results:
+            self._account(r)
+        return results
+
+    def _account(self, result: Result) -> None:
+        self.metrics.observe_result(result)
+
+    @staticmethod
+    def _failure(result: Result) -> Exception:
+        reason = result.degraded or "no_tier"
+        if reason == "deadline" or reason.startswith("tier_timeout"):
+            return DeadlineExceededError(
+                f"no tier answered within the deadline ({reason}) and no fallback is configured",
+                reason=reason,
+                path=list(result.path),
+            )
+        return ModelError(
+            f"no tier could answer ({reason}) and no fallback is configured",
+            reason=reason,
+            path=list(result.path),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What /readyz reports: tiers, versions, thresholds, costs."""
+        return {
+            "service": self.config.service,
+            "calibration_version": self.cascade.calibration_version,
+            "cpu_count": os.cpu_count(),
+            "tiers": [
+                {
+                    "name": t.name,
+                    "model_version": t.version,
+                    "threshold": t.threshold,
+                    "temperature": t.temperature,
+                    "cost_per_call": t.cost_per_call,
+                    "cost_derived": t.cost_derived,
+                    "timeout_ms": t.timeout_s * 1000.0,
+                }
+                for t in self.tiers
+            ],
+        }
+
+    def close(self) -> None:
+        for t in self.tiers:
+            t.close()
+
+
+def _check_calibration(art: CalibrationArtifact, tier: str, version: str, path: str) -> None:
+    calibrated = art.model_versions.get(tier)
+    if calibrated is None:
+        raise ConfigError(f"{path} has no entry for tier {tier!r}; rerun `tiergate calibrate`")
+    if calibrated != version:
+        raise ConfigError(
+            f"{path} was made for model version {calibrated} of tier {tier!r}, but the "
+            f"loaded model is {version}; rerun `tiergate calibrate` for the new model"
+        )
+
+
+def _check_labels(tiers: Sequence[Tier]) -> None:
+    first = set(tiers[0].labels)
+    for t in tiers[1:]:
+        if set(t.labels) != first:
+            raise ConfigError(
+                f"tier {t.name!r} has labels {sorted(t.labels)}, but tier "
+                f"{tiers[0].name!r} has {sorted(first)}; all tiers must share one label set"
+            )

@@ -1,0 +1,109 @@
+"""A tier at run time: a model adapter with its threshold, price, timeout and pool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tiergate.calibration import apply_temperature
+from tiergate.errors import ModelError
+from tiergate.models.base import ModelAdapter, Probabilities, check_probabilities
+
+__all__ = ["LatencyTracker", "Tier"]
+
+
+class LatencyTracker:
+    """Recent latencies of a tier; ``expected()`` is a high quantile of them.
+
+    Used to decide whether a tier still fits a request's remaining deadline.
+    """
+
+    def __init__(self, window: int = 256, quantile: float = 0.9) -> None:
+        self._values: deque[float] = deque(maxlen=window)
+        self._quantile = quantile
+
+    def observe(self, seconds: float) -> None:
+        self._values.append(seconds)
+
+    def expected(self) -> float:
+        """Expected latency in seconds (0 until something was observed)."""
+        if not self._values:
+            return 0.0
+        return float(np.quantile(np.fromiter(self._values, float), self._quantile))
+
+
+class Tier:
+    """One tier: runs its adapter in its own thread pool and prices each call.
+
+    ``threshold`` is ``None`` for the last tier (it always answers).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        adapter: ModelAdapter,
+        *,
+        threshold: float | None,
+        temperature: float = 1.0,
+        cost_per_call: float | None = None,
+        timeout_s: float = 2.0,
+        workers: int = 1,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.name = name
+        self.adapter = adapter
+        self.threshold = threshold
+        self.temperature = temperature
+        self.cost_per_call = cost_per_call if cost_per_call is not None else 0.0
+        self.cost_derived = cost_per_call is None
+        self.timeout_s = timeout_s
+        self.latency = LatencyTracker()
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"tier-{name}")
+        self.labels = adapter.labels
+        self.version = adapter.version
+
+    def __repr__(self) -> str:
+        return (
+            f"Tier({self.name!r}, threshold={self.threshold}, T={self.temperature:.3g}, "
+            f"cost={self.cost_per_call:.3g}, timeout_s={self.timeout_s})"
+        )
+
+    def predict_sync(self, texts: Sequence[str]) -> Probabilities:
+        """Validated, temperature-scaled probabilities; raises ModelError on garbage."""
+        try:
+            raw = self.adapter.predict_batch(texts)
+        except ModelError:
+            raise
+        except Exception as exc:  # a model's own failure becomes a typed ModelError
+            raise ModelError(
+                f"tier {self.name!r} failed: {type(exc).__name__}: {exc}", tier=self.name
+            ) from exc
+        probs = check_probabilities(raw, len(texts), len(self.labels), self.name)
+        return apply_temperature(probs, self.temperature)
+
+    async def predict(self, texts: Sequence[str]) -> Probabilities:
+        """Run off the event loop; the caller bounds the wait with its deadline."""
+        loop = asyncio.get_running_loop()
+        start = self._clock()
+        probs = await loop.run_in_executor(self._pool, self.predict_sync, texts)
+        self.latency.observe(self._clock() - start)
+        return probs
+
+    def measure_cost(self, sample: Sequence[str], cpu_second_price: float, calls: int = 20) -> None:
+        """Derive ``cost_per_call`` from process CPU time of single calls (warm)."""
+        self.predict_sync(sample[:1])  # warm-up
+        t0 = time.process_time()
+        for i in range(calls):
+            self.predict_sync([sample[i % len(sample)]])
+        cpu = (time.process_time() - t0) / calls
+        if self.cost_derived:
+            self.cost_per_call = cpu * cpu_second_price
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
