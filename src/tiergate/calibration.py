@@ -288,8 +288,9 @@ def learn_then_test(
     chosen = certified[best]
     o_test = cascade_outcome(sub_conf, sub_ok, costs, chosen)
     lb = accuracy_lower_bound(int(o_test.correct.sum()), m, delta)
+    n_cert = len(certified)
     return _result(
-        chosen, full[best], target_accuracy, confidence, lb, n, len(certified), tested, method, n_tiers
+        chosen, full[best], target_accuracy, confidence, lb, n, n_cert, tested, method, n_tiers
     )
 
 

@@ -174,6 +174,72 @@ def calibrate(
     )
 
 
+@app.command()
+def evaluate(
+    config: Annotated[Path, typer.Argument(help="Service config (with its calibration).")],
+    data: Annotated[Path, typer.Option(help="Labelled JSONL/CSV data.")],
+    report: Annotated[Path, typer.Option(help="Report folder.")] = Path("report"),
+) -> None:
+    """Accuracy, escalation, cost and latency on labelled data, with baselines and plots."""
+    from tiergate.evaluation import evaluate_config
+
+    try:
+        with _progress() as bar:
+            tasks: dict[str, Any] = {}
+
+            def tick(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(f"scoring {name}", total=total)
+                bar.update(tasks[name], completed=done)
+
+            rep = evaluate_config(config, data, report_dir=report, progress=tick)
+    except TiergateError as exc:
+        raise _fail(exc) from None
+    op = rep["operating_point"]
+    stdout.print(
+        f"accuracy {op['accuracy']:.4f}, escalated {op['escalation_rate']:.3f}, "
+        f"cost/request {op['mean_cost']:.3g}\nwrote {report / 'report.html'}",
+        highlight=False,
+    )
+
+
+@app.command()
+def bench(
+    target: Annotated[str, typer.Argument(help="Base URL (http://127.0.0.1:8000) or a config.")],
+    rate: Annotated[float | None, typer.Option(help="Open loop: requests per second.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Closed loop: requests in flight.")
+    ] = None,
+    duration: Annotated[float, typer.Option(help="Seconds of load.")] = 10.0,
+    data: Annotated[
+        Path | None, typer.Option(help="JSONL inputs (default: demo test split).")
+    ] = None,
+    repeat_ratio: Annotated[
+        float, typer.Option(help="Share of requests repeating an earlier input.")
+    ] = 0.0,
+    out: Annotated[Path, typer.Option(help="Result JSON.")] = Path("bench.json"),
+) -> None:
+    """Drive a service with load and write throughput, latency percentiles and counts."""
+    from tiergate.bench import run_bench
+
+    if (rate is None) == (concurrency is None):
+        err.print("[bold red]error:[/] give exactly one of --rate or --concurrency")
+        raise typer.Exit(2)
+    try:
+        summary = run_bench(
+            target, rate=rate, concurrency=concurrency, duration_s=duration,
+            data=data, repeat_ratio=repeat_ratio, out=out, console=err,
+        )  # fmt: skip
+    except TiergateError as exc:
+        raise _fail(exc) from None
+    lat = summary["latency_ms"]
+    stdout.print(
+        f"{summary['throughput_rps']:.0f} req/s; p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, "
+        f"p99.9 {lat['p99.9']:.2f} ms; statuses {summary['statuses']}; wrote {out}",
+        highlight=False,
+    )
+
+
 def main() -> None:
     """Entry point of the `tiergate` script."""
     app()

@@ -72,8 +72,12 @@ class ScriptedModel:
         return np.stack([1.0 - p, p], axis=1)
 
 
-_POSITIVE = frozenset("good great gorgeous moving brilliant wonderful fun best love".split())
-_NEGATIVE = frozenset("bad awful boring dull worst mess flat tedious hate".split())
+_POSITIVE = frozenset(
+    ["good", "great", "gorgeous", "moving", "brilliant", "wonderful", "fun", "best", "love"]
+)
+_NEGATIVE = frozenset(
+    ["bad", "awful", "boring", "dull", "worst", "mess", "flat", "tedious", "hate"]
+)
 
 
 def keyword_sentiment(texts: Sequence[str]) -> Probabilities:

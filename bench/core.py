@@ -1,0 +1,217 @@
+"""Core benchmark of the demo: accuracy, escalation, per-tier latency, HTTP latency.
+
+Writes bench/results/core.json. Run: `.venv/bin/python bench/core.py` (builds the demo
+first if needed). Timings are medians on this machine; compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from tiergate.calibration import cascade_outcome
+from tiergate.config import load_config, tiergate_home
+from tiergate.loadgen import run_load, summarize
+from tiergate.offline import read_labelled, score_dataset
+from tiergate.service import Service
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median_ms(fn: Any, items: list[Any], warmup: int = 5) -> float:
+    for x in items[:warmup]:
+        fn(x)
+    times = []
+    for x in items:
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def batch_throughput(fn: Any, texts: list[str], batch: int = 32, rounds: int = 12) -> float:
+    fn(texts[:batch])
+    t0 = time.perf_counter()
+    for r in range(rounds):
+        fn(texts[r * batch : (r + 1) * batch])
+    return batch * rounds / (time.perf_counter() - t0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(config: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiergate", "serve", str(config), "--port", str(port),
+         "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    import httpx
+
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(proc.stderr.read().decode() if proc.stderr else "server died")
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not become ready")
+
+
+def fp32_vs_int8(demo: Path, test_texts: list[str], int8_acc: float) -> dict[str, Any]:
+    """Same pipeline with the fp32 encoder: its own head, accuracy and batch-1 latency."""
+    import joblib
+    from sklearn.base import clone
+
+    from tiergate.models.onnx import OnnxSentenceEmbedder
+
+    train_texts, train_labels = read_labelled(demo / "data" / "train.jsonl")
+    _, test_labels = read_labelled(demo / "data" / "test.jsonl")
+    fp32 = OnnxSentenceEmbedder(demo / "mpnet-fp32.onnx", demo / "tokenizer.json")
+    int8 = OnnxSentenceEmbedder(demo / "mpnet-int8.onnx", demo / "tokenizer.json")
+    cache = demo / "embeddings-fp32.npz"
+    if cache.exists():
+        z = np.load(cache)
+        x_train, x_test = z["train"], z["test"]
+    else:
+        emb = [fp32.embed(train_texts[i : i + 64]) for i in range(0, len(train_texts), 64)]
+        x_train = np.concatenate(emb)
+        emb = [fp32.embed(test_texts[i : i + 64]) for i in range(0, len(test_texts), 64)]
+        x_test = np.concatenate(emb)
+        np.savez(cache, train=x_train, test=x_test)
+    head = clone(joblib.load(demo / "accurate-head.joblib")).fit(x_train, train_labels)
+    fp32_acc = float(np.mean(head.predict(x_test) == np.asarray(test_labels)))
+    sample = test_texts[:200]
+    lat_fp32 = median_ms(lambda t: fp32.embed([t]), sample)
+    lat_int8 = median_ms(lambda t: int8.embed([t]), sample)
+    cos = float(np.mean(np.sum(fp32.embed(sample[:64]) * int8.embed(sample[:64]), axis=1)))
+    return {
+        "fp32": {"test_accuracy": fp32_acc, "batch1_median_ms": lat_fp32},
+        "int8": {"test_accuracy": int8_acc, "batch1_median_ms": lat_int8},
+        "speedup_batch1": lat_fp32 / lat_int8,
+        "accuracy_loss_points": (fp32_acc - int8_acc) * 100,
+        "mean_cosine_int8_vs_fp32": cos,
+    }
+
+
+def http_latency(port: int, texts: dict[str, list[str]], duration: float) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    out: dict[str, Any] = {}
+    for kind, items in texts.items():
+        bodies = [orjson.dumps({"input": t}) for t in items]
+        for c in (1, 16):
+            res = asyncio.run(run_load(url, bodies, concurrency=c, duration_s=duration))
+            s = summarize(res)
+            out[f"{kind}_c{c}"] = {
+                "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"],
+                "throughput_rps": s["throughput_rps"], "statuses": s["statuses"],
+                "tiers": s["tiers"],
+            }  # fmt: skip
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--demo-dir", type=Path, default=tiergate_home() / "demo")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "core.json")
+    ap.add_argument("--http-seconds", type=float, default=8.0)
+    ap.add_argument("--skip-fp32", action="store_true")
+    args = ap.parse_args()
+
+    from tiergate.demo.build import build_demo
+
+    config_path = build_demo(args.demo_dir)
+    demo = config_path.parent
+    service = Service.from_config(load_config(config_path))
+    texts, labels = read_labelled(demo / "data" / "test.jsonl")
+    print(f"scoring {len(texts)} test texts on every tier …", flush=True)
+    scores = score_dataset(service.tiers, texts, labels)
+    temps = [t.temperature for t in service.tiers]
+    thresholds = [t.threshold for t in service.tiers[:-1]]
+    conf = scores.confidences(temps)
+    correct = scores.correct()
+    costs = [t.cost_per_call for t in service.tiers]
+    outcome = cascade_outcome(conf, correct, costs, [float(x or 0) for x in thresholds])
+    result: dict[str, Any] = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "command": "python bench/core.py",
+        "test_n": len(texts),
+        "tiers": {},
+        "cascade": {
+            "thresholds": thresholds,
+            "accuracy": outcome.accuracy,
+            "escalation_rate": outcome.escalation_rate,
+            "answered_by_share": dict(
+                zip(scores.tier_names, outcome.tier_shares(len(costs)), strict=True)
+            ),
+            "mean_cost": float(outcome.cost.mean()),
+            "always_last_cost": float(sum(costs)),
+        },
+    }
+    sample = texts[:200]
+    for tier, ok in zip(service.tiers, correct, strict=True):
+        result["tiers"][tier.name] = {
+            "test_accuracy": float(ok.mean()),
+            "batch1_median_ms": median_ms(lambda t, tier=tier: tier.predict_sync([t]), sample),
+            "batch32_throughput_per_s": batch_throughput(tier.predict_sync, texts),
+            "cost_per_call": tier.cost_per_call,
+            "model_version": tier.version,
+        }
+        print(tier.name, result["tiers"][tier.name], flush=True)
+    acc = result["tiers"][service.tiers[-1].name]["test_accuracy"]
+    result["cascade"]["gap_to_last_tier_points"] = (acc - outcome.accuracy) * 100
+    print("cascade", result["cascade"], flush=True)
+
+    escalated = [t for t, a in zip(texts, outcome.answered_by, strict=True) if a > 0]
+    kept = [t for t, a in zip(texts, outcome.answered_by, strict=True) if a == 0]
+    fast = service.tiers[0]
+    direct = median_ms(lambda t: fast.predict_sync([t]), kept[:300])
+    service.close()
+    port = free_port()
+    proc = start_server(config_path, port)
+    try:
+        print("HTTP load …", flush=True)
+        http = http_latency(
+            port, {"non_escalated": kept, "escalated": escalated}, args.http_seconds
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    result["http"] = http
+    result["gateway_overhead"] = {
+        "fast_tier_direct_batch1_median_ms": direct,
+        "http_non_escalated_c1_p50_ms": http["non_escalated_c1"]["p50_ms"],
+        "overhead_ms": http["non_escalated_c1"]["p50_ms"] - direct,
+    }
+    print("http", json.dumps(http, indent=1), flush=True)
+    if not args.skip_fp32:
+        print("fp32 vs int8 (embeds train+test with the fp32 encoder once) …", flush=True)
+        result["quantization"] = fp32_vs_int8(demo, texts, acc)
+        print(result["quantization"], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

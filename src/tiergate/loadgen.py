@@ -1,0 +1,243 @@
+"""Load generator behind `tiergate bench`: open-loop (fixed arrival rate) or closed-loop.
+
+Open-loop mode sends requests at their scheduled times whether or not earlier ones
+have returned, and measures each latency from the *intended* send time, so a stalled
+server shows up as latency instead of silently lowering the offered load (the
+"coordinated omission" trap of closed-loop tools). Closed-loop mode (``concurrency``)
+keeps C requests in flight, like wrk.
+
+The HTTP/1.1 client is a minimal keep-alive client on asyncio streams: a generic
+client costs more CPU per request than the gateway itself on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+
+__all__ = ["LoadResult", "run_load", "summarize"]
+
+
+@dataclass
+class LoadResult:
+    """Raw outcome of a load run."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    send_offsets_s: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    tiers: Counter[str] = field(default_factory=Counter)
+    degraded: Counter[str] = field(default_factory=Counter)
+    caches: Counter[str] = field(default_factory=Counter)
+    transport_errors: Counter[str] = field(default_factory=Counter)
+    duration_s: float = 0.0
+    sent: int = 0
+    mode: str = ""
+    target_rate: float | None = None
+    concurrency: int | None = None
+    server_latency_ms: list[float] = field(default_factory=list)
+    costs: list[float] = field(default_factory=list)
+
+
+class _Conn:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(head + body)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionResetError("server closed the connection")
+        status = int(status_line.split(b" ", 2)[1])
+        length = 0
+        close = False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            lname = name.strip().lower()
+            if lname == b"content-length":
+                length = int(value.strip())
+            elif lname == b"connection" and value.strip().lower() == b"close":
+                close = True
+        payload = await self.reader.readexactly(length) if length else b""
+        if close:
+            self.close()
+        return status, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def _head(host: str, port: int, path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+
+async def run_load(
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    rate: float | None = None,
+    concurrency: int | None = None,
+    duration_s: float = 10.0,
+    timeout_s: float = 10.0,
+    max_connections: int = 512,
+    progress: Callable[[float, LoadResult], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> LoadResult:
+    """Drive ``url`` (a POST endpoint) with ``bodies`` (cycled) for ``duration_s``.
+
+    Give ``rate`` (requests/s, open loop) or ``concurrency`` (closed loop).
+    """
+    if (rate is None) == (concurrency is None):
+        raise ValueError("give exactly one of rate or concurrency")
+    parts = urlsplit(url)
+    host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+    heads = [_head(host, port, path, b) for b in bodies]
+    res = LoadResult(mode="open" if rate else "closed", target_rate=rate, concurrency=concurrency)
+    idle: list[_Conn] = []
+    n_conns = 0
+    start = clock()
+
+    def record(intended: float, status: int, payload: bytes) -> None:
+        res.latencies_s.append(clock() - intended)
+        res.send_offsets_s.append(intended - start)
+        res.statuses[status] += 1
+        if status == 200 and payload:
+            _count(res, payload)
+
+    async def one(i: int, intended: float) -> None:
+        nonlocal n_conns
+        conn = idle.pop() if idle else None
+        if conn is None:
+            n_conns += 1
+            conn = _Conn(host, port)
+        k = i % len(bodies)
+        try:
+            status, payload = await asyncio.wait_for(conn.request(heads[k], bodies[k]), timeout_s)
+        except (TimeoutError, OSError, ValueError, IndexError, asyncio.IncompleteReadError) as e:
+            conn.close()
+            res.transport_errors[type(e).__name__] += 1
+            res.latencies_s.append(clock() - intended)
+            res.send_offsets_s.append(intended - start)
+            n_conns -= 1
+            return
+        record(intended, status, payload)
+        idle.append(conn)
+
+    tasks: set[asyncio.Task[None]] = set()
+    last_report = start
+    if rate is not None:
+        interval = 1.0 / rate
+        i = 0
+        while True:
+            intended = start + i * interval
+            if intended - start >= duration_s:
+                break
+            now = clock()
+            if intended > now:
+                await asyncio.sleep(intended - now)
+            if n_conns >= max_connections and not idle:
+                # Client-side saturation: count it instead of queueing without bound.
+                res.transport_errors["client_saturated"] += 1
+                res.latencies_s.append(timeout_s)
+                res.send_offsets_s.append(intended - start)
+            else:
+                t = asyncio.create_task(one(i, intended))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            i += 1
+            res.sent = i
+            if progress and clock() - last_report > 1.0:
+                last_report = clock()
+                progress(last_report - start, res)
+    else:
+        assert concurrency is not None
+        counter = iter(range(1 << 62))
+
+        async def worker() -> None:
+            while clock() - start < duration_s:
+                i = next(counter)
+                res.sent = i + 1
+                await one(i, clock())
+
+        async def reporter() -> None:
+            while clock() - start < duration_s:
+                await asyncio.sleep(1.0)
+                if progress:
+                    progress(clock() - start, res)
+
+        rep = asyncio.create_task(reporter())
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        rep.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout_s + 1)
+    res.duration_s = clock() - start
+    for c in idle:
+        c.close()
+    return res
+
+
+def _count(res: LoadResult, payload: bytes) -> None:
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(body, dict):
+        return
+    items = body.get("results", [body])
+    for item in items:
+        res.tiers[str(item.get("tier"))] += 1
+        if item.get("degraded"):
+            res.degraded[str(item["degraded"])] += 1
+        if item.get("cache"):
+            res.caches[str(item["cache"])] += 1
+        if "latency_ms" in item:
+            res.server_latency_ms.append(float(item["latency_ms"]))
+        if "cost" in item:
+            res.costs.append(float(item["cost"]))
+
+
+def summarize(res: LoadResult) -> dict[str, Any]:
+    """Throughput, latency percentiles (ms) and counts, as `tiergate bench` writes them."""
+    lat = np.asarray(res.latencies_s) * 1000.0
+    ok = sum(c for s, c in res.statuses.items() if s < 400)
+    pct = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99, 99.9)} if lat.size else {}
+    completed = sum(res.statuses.values())
+    return {
+        "mode": res.mode,
+        "target_rate": res.target_rate,
+        "concurrency": res.concurrency,
+        "duration_s": res.duration_s,
+        "sent": res.sent,
+        "completed": completed,
+        "throughput_rps": completed / res.duration_s if res.duration_s else 0.0,
+        "ok_rps": ok / res.duration_s if res.duration_s else 0.0,
+        "latency_ms": {**pct, "mean": float(lat.mean()) if lat.size else None,
+                       "max": float(lat.max()) if lat.size else None},
+        "statuses": {str(k): v for k, v in sorted(res.statuses.items())},
+        "errors_5xx": sum(c for s, c in res.statuses.items() if s >= 500),
+        "transport_errors": dict(res.transport_errors),
+        "tiers": dict(res.tiers),
+        "degraded": dict(res.degraded),
+        "cache": dict(res.caches),
+        "mean_cost": float(np.mean(res.costs)) if res.costs else None,
+    }  # fmt: skip
