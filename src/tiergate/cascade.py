@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tiergate.errors import ModelError
+from tiergate.errors import DeadlineExceededError, ModelError, OverloadError
 from tiergate.metrics import Metrics
 from tiergate.tier import Tier
 from tiergate.types import Result, TierAnswer
@@ -92,7 +92,7 @@ class Cascade:
             t0 = self.clock()
             timeout = min(tier.timeout_s, remaining)
             try:
-                probs = await asyncio.wait_for(tier.predict(batch), timeout)
+                probs = await asyncio.wait_for(tier.predict(batch, deadline), timeout)
             except TimeoutError:
                 reason = f"tier_timeout:{tier.name}" if timeout >= tier.timeout_s else "deadline"
                 pending = self._fail(pending, best, reasons, reason, tier, "timeout")

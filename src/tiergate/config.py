@@ -29,6 +29,7 @@ from pydantic import (
 from tiergate.errors import ConfigError
 
 __all__ = [
+    "BatchingConfig",
     "CallableModelConfig",
     "FallbackConfig",
     "LimitsConfig",
@@ -96,6 +97,22 @@ ModelConfig = Annotated[
 ]
 
 
+class BatchingConfig(_Frozen):
+    """Micro-batching of concurrent requests to one tier."""
+
+    max_batch: int = Field(32, ge=1, le=4096, description="Most inputs in one model call.")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="Hold a non-full batch this long for more inputs (0: dispatch as soon "
+        "as the model is free; batches still form under load).",
+    )
+    max_queue: int = Field(
+        1024, ge=1, description="Most inputs waiting for this tier; beyond it, shed (429)."
+    )
+
+
 class TierConfig(_Frozen):
     """One tier of the cascade: a model, its price and its protection."""
 
@@ -116,6 +133,7 @@ class TierConfig(_Frozen):
     timeout_ms: float = Field(
         2000, gt=0, description="Give up on this tier after this long and degrade."
     )
+    batching: BatchingConfig = Field(BatchingConfig(), description="Micro-batching.")
 
     @field_validator("name")
     @classmethod

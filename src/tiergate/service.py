@@ -10,7 +10,7 @@ from typing import Any
 from tiergate.artifact import CalibrationArtifact, read_artifact
 from tiergate.cascade import Cascade, FallbackPolicy
 from tiergate.config import ServiceConfig
-from tiergate.errors import ConfigError, DeadlineExceededError, ModelError
+from tiergate.errors import ConfigError, DeadlineExceededError, ModelError, OverloadError
 from tiergate.guard import Guard
 from tiergate.metrics import Metrics
 from tiergate.models import ModelAdapter, load_adapter
@@ -108,6 +108,9 @@ class Service:
                     cost_per_call=tc.cost_per_call,
                     timeout_s=tc.timeout_ms / 1000.0,
                     workers=workers,
+                    max_batch=tc.batching.max_batch,
+                    max_wait_s=tc.batching.max_wait_ms / 1000.0,
+                    max_queue=tc.batching.max_queue,
                     clock=clock,
                 )
             )
@@ -154,6 +157,8 @@ class Service:
     @staticmethod
     def _failure(result: Result) -> Exception:
         reason = result.degraded or "no_tier"
+        if reason == "overload":
+            return OverloadError("the service is overloaded; retry later", reason=reason)
         if reason == "deadline" or reason.startswith("tier_timeout"):
             return DeadlineExceededError(
                 f"no tier answered within the deadline ({reason}) and no fallback is configured",

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from tiergate.batching import MicroBatcher
 from tiergate.calibration import apply_temperature
 from tiergate.errors import ModelError
 from tiergate.models.base import ModelAdapter, Probabilities, check_probabilities
@@ -53,6 +54,9 @@ class Tier:
         cost_per_call: float | None = None,
         timeout_s: float = 2.0,
         workers: int = 1,
+        max_batch: int = 32,
+        max_wait_s: float = 0.0,
+        max_queue: int = 1024,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.name = name
@@ -67,6 +71,14 @@ class Tier:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"tier-{name}")
         self.labels = adapter.labels
         self.version = adapter.version
+        self.batcher = MicroBatcher(
+            self._run_pool,
+            max_batch=max_batch,
+            max_wait_s=max_wait_s,
+            max_queue=max_queue,
+            name=name,
+            clock=clock,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -87,13 +99,19 @@ class Tier:
         probs = check_probabilities(raw, len(texts), len(self.labels), self.name)
         return apply_temperature(probs, self.temperature)
 
-    async def predict(self, texts: Sequence[str]) -> Probabilities:
-        """Run off the event loop; the caller bounds the wait with its deadline."""
-        loop = asyncio.get_running_loop()
+    async def predict(self, texts: Sequence[str], deadline: float | None = None) -> Probabilities:
+        """Queue for the tier's micro-batcher; the model runs off the event loop.
+
+        The caller bounds the wait (its deadline); ``latency`` tracks queue + model time.
+        """
         start = self._clock()
-        probs = await loop.run_in_executor(self._pool, self.predict_sync, texts)
+        probs = await self.batcher.submit(texts, deadline)
         self.latency.observe(self._clock() - start)
         return probs
+
+    async def _run_pool(self, texts: list[str]) -> Probabilities:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.predict_sync, texts)
 
     def measure_cost(self, sample: Sequence[str], cpu_second_price: float, calls: int = 20) -> None:
         """Derive ``cost_per_call`` from process CPU time of single calls (warm)."""

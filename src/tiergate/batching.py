@@ -1,0 +1,182 @@
+"""Adaptive micro-batching: merge concurrent requests to one tier into one model call.
+
+Policy (greedy dynamic batching): when the tier's worker is idle a request is
+dispatched at once, so a lone request waits for nothing; while a batch runs, new
+requests queue, and the next batch takes everything queued (up to ``max_batch``
+inputs). Batch size therefore grows with load, exactly when it pays. An optional
+``max_wait`` holds a non-full batch a little longer for more company, but never past
+the point where the batch, by the online latency model ``a + b·n``, would finish after
+the earliest deadline in it. Requests whose deadline has passed, or whose caller gave
+up, are dropped before they reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tiergate.errors import DeadlineExceededError, OverloadError
+from tiergate.models.base import Probabilities
+
+__all__ = ["BatchLatencyModel", "MicroBatcher"]
+
+
+class BatchLatencyModel:
+    """Online least-squares fit of batch latency ``a + b * n`` (seconds)."""
+
+    def __init__(self, decay: float = 0.98) -> None:
+        self._decay = decay
+        self._s = np.zeros(5)  # sum w, w·n, w·n², w·t, w·n·t
+
+    def observe(self, n: int, seconds: float) -> None:
+        self._s = self._s * self._decay + np.array([1.0, n, n * n, seconds, n * seconds])
+
+    def predict(self, n: int) -> float:
+        w, sn, snn, st, snt = self._s
+        if w < 1e-9:
+            return 0.0
+        var = snn / w - (sn / w) ** 2
+        if var < 1e-9:  # one batch size seen so far: assume proportional cost
+            return float(st / w) * n / max(sn / w, 1.0)
+        b = (snt / w - (sn / w) * (st / w)) / var
+        a = st / w - b * sn / w
+        return float(max(a, 0.0) + max(b, 0.0) * n)
+
+
+@dataclass
+class _Item:
+    texts: Sequence[str]
+    future: asyncio.Future[Probabilities]
+    deadline: float | None
+    enqueued: float = field(default=0.0)
+
+
+class MicroBatcher:
+    """Queue in front of one tier's model; see the module docstring for the policy."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[str]], Awaitable[Probabilities]],
+        *,
+        max_batch: int = 32,
+        max_wait_s: float = 0.0,
+        max_queue: int = 1024,
+        name: str = "tier",
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if max_batch < 1 or max_wait_s < 0 or max_queue < 1:
+            raise ValueError("max_batch >= 1, max_wait_s >= 0, max_queue >= 1")
+        self._run = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.name = name
+        self._clock = clock
+        self._sleep = sleep
+        self._queue: deque[_Item] = deque()
+        self._queued_inputs = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.latency = BatchLatencyModel()
+        self.batch_sizes: deque[int] = deque(maxlen=1024)
+        self.dropped_expired = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"MicroBatcher({self.name!r}, max_batch={self.max_batch}, "
+            f"max_wait_s={self.max_wait_s}, max_queue={self.max_queue})"
+        )
+
+    @property
+    def queued(self) -> int:
+        """Inputs waiting (not yet in a running batch)."""
+        return self._queued_inputs
+
+    async def submit(self, texts: Sequence[str], deadline: float | None = None) -> Probabilities:
+        """Queue ``texts``; resolves with their probability rows, in order."""
+        if self._queued_inputs + len(texts) > self.max_queue:
+            raise OverloadError(
+                f"tier {self.name!r} queue is full ({self._queued_inputs} inputs waiting)",
+                retry_after_s=1.0,
+                tier=self.name,
+            )
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._loop(), name=f"batcher-{self.name}")
+        item = _Item(texts, loop.create_future(), deadline, self._clock())
+        self._queue.append(item)
+        self._queued_inputs += len(texts)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await item.future
+
+    def _take(self) -> list[_Item]:
+        batch: list[_Item] = []
+        size = 0
+        now = self._clock()
+        while self._queue:
+            item = self._queue[0]
+            if batch and size + len(item.texts) > self.max_batch:
+                break
+            self._queue.popleft()
+            self._queued_inputs -= len(item.texts)
+            if item.future.done():  # the caller timed out or was cancelled
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self.dropped_expired += 1
+                item.future.set_exception(
+                    DeadlineExceededError(f"deadline passed while queued for {self.name!r}")
+                )
+                continue
+            batch.append(item)
+            size += len(item.texts)
+        return batch
+
+    async def _hold(self) -> None:
+        # Wait for company only while a fuller batch still meets the earliest deadline.
+        first = self._queue[0]
+        until = first.enqueued + self.max_wait_s
+        deadlines = [i.deadline for i in self._queue if i.deadline is not None]
+        if deadlines:
+            until = min(until, min(deadlines) - self.latency.predict(self.max_batch))
+        while self._queued_inputs < self.max_batch:
+            left = until - self._clock()
+            if left <= 0:
+                return
+            await self._sleep(min(left, 0.0005))
+
+    async def _loop(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                if self.max_wait_s > 0 and self._queued_inputs < self.max_batch:
+                    await self._hold()
+                batch = self._take()
+                if not batch:
+                    continue
+                texts = [t for item in batch for t in item.texts]
+                t0 = self._clock()
+                try:
+                    probs = await self._run(texts)
+                except Exception as exc:  # delivered to every caller in the batch
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                self.latency.observe(len(texts), self._clock() - t0)
+                self.batch_sizes.append(len(texts))
+                start = 0
+                for item in batch:
+                    rows = probs[start : start + len(item.texts)]
+                    start += len(item.texts)
+                    if not item.future.done():
+                        item.future.set_result(rows)

@@ -1,0 +1,133 @@
+"""Micro-batcher policy, driven by gated fake model calls and an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from tiergate.batching import BatchLatencyModel, MicroBatcher
+from tiergate.errors import DeadlineExceededError, OverloadError
+from tiergate.testing import ManualClock
+
+
+class GatedModel:
+    """Each call blocks until released, so tests control when batches finish."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(texts)
+        await self.gate.wait()
+        if self.fail:
+            raise self.fail
+        return np.array([[0.0, float(len(t))] for t in texts])
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_lone_request_goes_at_once_and_queued_ones_merge() -> None:
+    model = GatedModel()
+    b = MicroBatcher(model, max_batch=8, clock=ManualClock())
+    first = asyncio.create_task(b.submit(["a"]))
+    await settle()
+    assert model.calls == [["a"]]  # no waiting for company when idle
+    rest = [asyncio.create_task(b.submit([x * i])) for i, x in enumerate("bcd", start=1)]
+    await settle()
+    assert b.queued == 3
+    model.gate.set()
+    out = await asyncio.gather(first, *rest)
+    assert model.calls == [["a"], ["b", "cc", "ddd"]]
+    assert [float(o[0, 1]) for o in out] == [1.0, 1.0, 2.0, 3.0]  # rows go back to callers
+
+
+async def test_max_batch_is_respected_and_multi_input_items_stay_whole() -> None:
+    model = GatedModel()
+    b = MicroBatcher(model, max_batch=3, clock=ManualClock())
+    blocker = asyncio.create_task(b.submit(["x"]))
+    await settle()
+    tasks = [asyncio.create_task(b.submit(t)) for t in (["a", "b"], ["c", "d"], ["e"])]
+    await settle()
+    model.gate.set()
+    results = await asyncio.gather(blocker, *tasks)
+    assert model.calls[1:] == [["a", "b"], ["c", "d", "e"]]
+    assert results[1].shape == (2, 2)
+
+
+async def test_expired_and_abandoned_requests_never_reach_the_model() -> None:
+    clock = ManualClock()
+    model = GatedModel()
+    b = MicroBatcher(model, max_batch=8, clock=clock)
+    blocker = asyncio.create_task(b.submit(["x"]))
+    await settle()
+    expired = asyncio.create_task(b.submit(["late"], deadline=clock() + 0.01))
+    abandoned = asyncio.create_task(b.submit(["gone"]))
+    alive = asyncio.create_task(b.submit(["ok"], deadline=clock() + 10))
+    await settle()
+    abandoned.cancel()
+    clock.advance(0.05)
+    model.gate.set()
+    await blocker
+    assert (await alive).shape == (1, 2)
+    with pytest.raises(DeadlineExceededError):
+        await expired
+    assert model.calls == [["x"], ["ok"]]
+    assert b.dropped_expired == 1
+
+
+async def test_model_error_reaches_every_caller_in_the_batch() -> None:
+    model = GatedModel()
+    model.fail = ValueError("boom")
+    b = MicroBatcher(model, max_batch=8, clock=ManualClock())
+    tasks = [asyncio.create_task(b.submit([t])) for t in "abc"]
+    model.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
+    # The batcher survives a failing batch.
+    model.fail = None
+    assert (await b.submit(["d"])).shape == (1, 2)
+
+
+async def test_full_queue_sheds_immediately() -> None:
+    model = GatedModel()
+    b = MicroBatcher(model, max_batch=2, max_queue=2, clock=ManualClock())
+    running = asyncio.create_task(b.submit(["x"]))
+    await settle()
+    waiting = asyncio.create_task(b.submit(["a", "b"]))
+    await settle()
+    with pytest.raises(OverloadError) as info:
+        await b.submit(["c"])
+    assert info.value.retry_after_s > 0
+    model.gate.set()
+    await asyncio.gather(running, waiting)
+
+
+async def test_max_wait_holds_for_company_within_the_wait() -> None:
+    clock = ManualClock()
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+        clock.advance(s)
+        await asyncio.sleep(0)
+
+    model = GatedModel()
+    model.gate.set()
+    b = MicroBatcher(model, max_batch=4, max_wait_s=0.002, clock=clock, sleep=sleep)
+    await b.submit(["a"])
+    assert model.calls == [["a"]]
+    assert sum(slept) == pytest.approx(0.002)  # held the full wait, then went alone
+
+
+def test_latency_model_learns_affine_cost() -> None:
+    m = BatchLatencyModel()
+    for n in (1, 4, 8, 16, 32) * 5:
+        m.observe(n, 0.002 + 0.0005 * n)
+    assert m.predict(64) == pytest.approx(0.002 + 0.0005 * 64, rel=1e-3)
