@@ -99,6 +99,13 @@ class Cascade:
                 if reason == "deadline":
                     break
                 continue
+            except DeadlineExceededError:
+                # Dropped from the tier's queue: its deadline passed while waiting.
+                pending = self._fail(pending, best, reasons, "deadline", tier, "timeout")
+                break
+            except OverloadError:
+                pending = self._fail(pending, best, reasons, "overload", tier, "shed")
+                continue
             except ModelError:
                 pending = self._fail(
                     pending, best, reasons, f"tier_error:{tier.name}", tier, "error"

@@ -128,7 +128,10 @@ def test_unknown_route_and_method_are_json_errors(url: str) -> None:
 def test_health_ready_and_openapi(url: str) -> None:
     assert httpx.get(url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(url + "/readyz").json()
-    assert ready["status"] == "ready" and [t["name"] for t in ready["tiers"]] == ["fast", "accurate"]
+    assert ready["status"] == "ready" and [t["name"] for t in ready["tiers"]] == [
+        "fast",
+        "accurate",
+    ]
     spec = httpx.get(url + "/openapi.json").json()
     assert "/v1/predict" in spec["paths"]
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]

@@ -15,7 +15,10 @@ GOOD = """
 service: s
 tiers:
   - name: fast
-    model: {kind: callable, target: "tiergate.testing:keyword_sentiment", labels: [negative, positive]}
+    model:
+      kind: callable
+      target: "tiergate.testing:keyword_sentiment"
+      labels: [negative, positive]
     threshold: 0.8
   - name: accurate
     model: {kind: sklearn, path: model.joblib}
