@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from tiergate.errors import DeadlineExceededError, ModelError, OverloadError
 from tiergate.metrics import Metrics
+from tiergate.models.base import Probabilities
 from tiergate.tier import Tier
 from tiergate.types import Result, TierAnswer
 
@@ -44,6 +45,7 @@ class Cascade:
         fallback: FallbackPolicy = FallbackPolicy(),
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not tiers:
             raise ValueError("a cascade needs at least one tier")
@@ -55,6 +57,7 @@ class Cascade:
         self.fallback = fallback
         self.metrics = metrics
         self.clock = clock
+        self.sleep = sleep
 
     def __repr__(self) -> str:
         return f"Cascade({list(self.tiers)!r}, calibration={self.calibration_version!r})"
@@ -83,6 +86,11 @@ class Cascade:
                 if m:
                     m.tier_calls.labels(tier.name, "skipped").inc(len(pending))
                 break
+            if not tier.breaker.allow():
+                pending = self._fail(
+                    pending, best, reasons, f"circuit_open:{tier.name}", tier, "circuit_open"
+                )
+                continue
             batch = [texts[j] for j in pending]
             for j in pending:
                 paths[j].append(tier.name)
@@ -92,7 +100,7 @@ class Cascade:
             t0 = self.clock()
             timeout = min(tier.timeout_s, remaining)
             try:
-                probs = await asyncio.wait_for(tier.predict(batch, deadline), timeout)
+                probs = await self._call(tier, batch, deadline, timeout)
             except TimeoutError:
                 reason = f"tier_timeout:{tier.name}" if timeout >= tier.timeout_s else "deadline"
                 pending = self._fail(pending, best, reasons, reason, tier, "timeout")
@@ -143,6 +151,41 @@ class Cascade:
             self._result(best[j], accepted[j], reasons[j], tuple(paths[j]), costs[j], latency_ms)
             for j in range(n)
         ]
+
+    async def _call(
+        self, tier: Tier, batch: list[str], deadline: float, timeout: float
+    ) -> Probabilities:
+        # One tier call with retries of model errors (never of timeouts: a slow tier
+        # retried is a slower tier), bounded by attempts, the deadline and the budget.
+        tier.retry_budget.on_attempt()
+        retry = 0
+        while True:
+            try:
+                probs = await asyncio.wait_for(tier.predict(batch, deadline), timeout)
+            except TimeoutError:
+                tier.breaker.record(False)
+                raise
+            except ModelError:
+                tier.breaker.record(False)
+                left = deadline - self.clock()
+                if (
+                    retry >= tier.max_retries
+                    or left <= tier.latency.expected()
+                    or not tier.breaker.allow()
+                    or not tier.retry_budget.try_retry()
+                ):
+                    raise
+                retry += 1
+                if self.metrics:
+                    self.metrics.retries.labels(tier.name).inc()
+                await self.sleep(min(tier.backoff.delay(retry), max(left, 0.0)))
+                timeout = min(timeout, max(deadline - self.clock(), 0.0))
+                continue
+            except BaseException:
+                tier.breaker.cancel()  # shed, expired in queue or cancelled: no verdict
+                raise
+            tier.breaker.record(True)
+            return probs
 
     def _fail(
         self,

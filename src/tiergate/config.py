@@ -29,13 +29,17 @@ from pydantic import (
 from tiergate.errors import ConfigError
 
 __all__ = [
+    "AdmissionConfig",
     "BatchingConfig",
+    "BreakerConfig",
     "CallableModelConfig",
     "FallbackConfig",
+    "FaultConfig",
     "LimitsConfig",
     "ModelConfig",
     "OnnxEmbeddingClassifierConfig",
     "PricingConfig",
+    "RetryConfig",
     "SLOConfig",
     "ServiceConfig",
     "SklearnModelConfig",
@@ -113,6 +117,42 @@ class BatchingConfig(_Frozen):
     )
 
 
+class BreakerConfig(_Frozen):
+    """Circuit breaker of one tier (see `tiergate.resilience.breaker`)."""
+
+    failure_rate: float = Field(0.5, gt=0, le=1, description="Failure share that opens it.")
+    min_calls: int = Field(10, ge=1, description="Outcomes needed in the window to judge.")
+    window_s: float = Field(10.0, gt=0, description="Sliding window of outcomes, seconds.")
+    cooldown_s: float = Field(2.0, gt=0, description="Open this long before probing.")
+    max_cooldown_s: float = Field(30.0, gt=0, description="Cap of the doubling cooldown.")
+    probes: int = Field(3, ge=1, description="Successful probes needed to close again.")
+
+
+class RetryConfig(_Frozen):
+    """Retries of transient model errors, bounded by a budget."""
+
+    max_retries: int = Field(1, ge=0, le=5, description="Extra attempts after an error.")
+    budget_ratio: float = Field(
+        0.1, ge=0, le=1, description="Retries may be at most this share of calls (+ burst)."
+    )
+    budget_burst: float = Field(10.0, ge=0, description="Token bucket size of the budget.")
+    backoff_ms: float = Field(5.0, ge=0, description="Base of the jittered exponential backoff.")
+
+
+class FaultConfig(_Frozen):
+    """Injected faults, for chaos testing only (never in production)."""
+
+    delay_ms: float = Field(0.0, ge=0, description="Added latency per call.")
+    delay_rate: float = Field(1.0, ge=0, le=1, description="Share of calls delayed.")
+    hang_rate: float = Field(0.0, ge=0, le=1, description="Share of calls that never return.")
+    error_rate: float = Field(0.0, ge=0, le=1, description="Share of calls that raise.")
+    garbage_rate: float = Field(0.0, ge=0, le=1, description="Share returning malformed output.")
+    flap_period_s: float | None = Field(
+        None, gt=0, description="Alternate healthy/failing phases of this length."
+    )
+    seed: int = Field(0, description="Random seed of the fault draws.")
+
+
 class TierConfig(_Frozen):
     """One tier of the cascade: a model, its price and its protection."""
 
@@ -134,6 +174,9 @@ class TierConfig(_Frozen):
         2000, gt=0, description="Give up on this tier after this long and degrade."
     )
     batching: BatchingConfig = Field(BatchingConfig(), description="Micro-batching.")
+    breaker: BreakerConfig = Field(BreakerConfig(), description="Circuit breaker.")
+    retry: RetryConfig = Field(RetryConfig(), description="Retries under a budget.")
+    fault: FaultConfig | None = Field(None, description="Chaos testing: injected faults.")
 
     @field_validator("name")
     @classmethod
@@ -176,6 +219,15 @@ class LimitsConfig(_Frozen):
     )
 
 
+class AdmissionConfig(_Frozen):
+    """Load shedding: a bound on inputs in flight across the service."""
+
+    max_inflight: int = Field(
+        512, ge=1, description="Inputs in flight beyond which requests get 429 at once."
+    )
+    retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with a 429.")
+
+
 class SLOConfig(_Frozen):
     """Declared service level objectives, checked by `tiergate check`."""
 
@@ -203,6 +255,7 @@ class ServiceConfig(_Frozen):
     )
     limits: LimitsConfig = Field(LimitsConfig(), description="Input limits.")
     fallback: FallbackConfig = Field(FallbackConfig(), description="Fallbacks.")
+    admission: AdmissionConfig = Field(AdmissionConfig(), description="Load shedding.")
     pricing: PricingConfig = Field(PricingConfig(), description="Pricing.")
     slo: SLOConfig = Field(SLOConfig(), description="Service level objectives.")
     path: Path | None = Field(None, exclude=True, description="Where this config was read.")

@@ -78,6 +78,18 @@ class Metrics:
             "tiergate_cache_lookups", "Cache lookups by kind and result.", ["kind", "result"],
             registry=r,
         )  # fmt: skip
+        self.retries = Counter(
+            "tiergate_retries", "Retried tier calls (bounded by the retry budget).", ["tier"],
+            registry=r,
+        )  # fmt: skip
+        self.breaker_state = Gauge(
+            "tiergate_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+            ["tier"], registry=r,
+        )  # fmt: skip
+        self.shed = Counter(
+            "tiergate_shed", "Requests refused by admission control (429).", registry=r
+        )
+        self.inflight = Gauge("tiergate_inflight", "Inputs in flight.", registry=r)
         self.ready = Gauge("tiergate_ready", "1 when models are loaded.", registry=r)
         self.info = Gauge(
             "tiergate_info",

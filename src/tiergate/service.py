@@ -14,6 +14,9 @@ from tiergate.errors import ConfigError, DeadlineExceededError, ModelError, Over
 from tiergate.guard import Guard
 from tiergate.metrics import Metrics
 from tiergate.models import ModelAdapter, load_adapter
+from tiergate.resilience import Admission, Backoff, BreakerPolicy, FaultInjector, FaultSpec
+from tiergate.resilience.breaker import STATE_VALUE
+from tiergate.resilience.retry import RetryBudget
 from tiergate.tier import Tier
 from tiergate.types import Result
 
@@ -48,6 +51,9 @@ class Service:
         self.metrics = metrics or Metrics(config.service, [t.name for t in tiers])
         self.clock = clock
         self.guard = Guard(config.limits)
+        self.admission = Admission(
+            config.admission.max_inflight, retry_after_s=config.admission.retry_after_s
+        )
         self.cascade = Cascade(
             self.tiers,
             calibration_version=calibration.version if calibration else None,
@@ -86,6 +92,8 @@ class Service:
         workers = 1
         for i, tc in enumerate(config.tiers):
             adapter = adapters.get(tc.name) or load_adapter(tc.model)
+            if tc.fault is not None:
+                adapter = FaultInjector(adapter, FaultSpec(**tc.fault.model_dump()))
             last = i == len(config.tiers) - 1
             threshold = tc.threshold
             temperature = 1.0
@@ -111,6 +119,10 @@ class Service:
                     max_batch=tc.batching.max_batch,
                     max_wait_s=tc.batching.max_wait_ms / 1000.0,
                     max_queue=tc.batching.max_queue,
+                    breaker=BreakerPolicy(**tc.breaker.model_dump()),
+                    max_retries=tc.retry.max_retries,
+                    retry_budget=RetryBudget(tc.retry.budget_ratio, tc.retry.budget_burst),
+                    backoff=Backoff(base_s=tc.retry.backoff_ms / 1000.0),
                     clock=clock,
                 )
             )
@@ -134,7 +146,11 @@ class Service:
         """Answer one input (validated here); raises a typed error if nothing can answer."""
         start, deadline = self.deadline(deadline_ms)
         clean = self.guard.text(text)
-        (result,) = await self.cascade.run([clean], deadline, start=start)
+        self._admit(1)
+        try:
+            (result,) = await self.cascade.run([clean], deadline, start=start)
+        finally:
+            self.admission.release(1)
         self._account(result)
         if result.output is None:
             raise self._failure(result)
@@ -146,10 +162,28 @@ class Service:
         """Answer many inputs with one model call per tier; failures are per item."""
         start, deadline = self.deadline(deadline_ms)
         clean = self.guard.batch(texts)
-        results = await self.cascade.run(clean, deadline, start=start)
+        self._admit(len(clean))
+        try:
+            results = await self.cascade.run(clean, deadline, start=start)
+        finally:
+            self.admission.release(len(clean))
         for r in results:
             self._account(r)
         return results
+
+    def _admit(self, weight: int) -> None:
+        try:
+            self.admission.acquire(weight)
+        except OverloadError:
+            self.metrics.shed.inc()
+            raise
+
+    def metrics_text(self) -> bytes:
+        """Prometheus exposition, with point-in-time gauges refreshed."""
+        for t in self.tiers:
+            self.metrics.breaker_state.labels(t.name).set(STATE_VALUE[t.breaker.state])
+        self.metrics.inflight.set(self.admission.inflight)
+        return self.metrics.render()
 
     def _account(self, result: Result) -> None:
         self.metrics.observe_result(result)
@@ -186,6 +220,8 @@ class Service:
                     "cost_per_call": t.cost_per_call,
                     "cost_derived": t.cost_derived,
                     "timeout_ms": t.timeout_s * 1000.0,
+                    "breaker": t.breaker.state,
+                    "fault_injection": isinstance(t.adapter, FaultInjector),
                 }
                 for t in self.tiers
             ],

@@ -14,6 +14,8 @@ from tiergate.batching import MicroBatcher
 from tiergate.calibration import apply_temperature
 from tiergate.errors import ModelError
 from tiergate.models.base import ModelAdapter, Probabilities, check_probabilities
+from tiergate.resilience.breaker import BreakerPolicy, CircuitBreaker
+from tiergate.resilience.retry import Backoff, RetryBudget
 
 __all__ = ["LatencyTracker", "Tier"]
 
@@ -57,6 +59,10 @@ class Tier:
         max_batch: int = 32,
         max_wait_s: float = 0.0,
         max_queue: int = 1024,
+        breaker: BreakerPolicy | None = None,
+        max_retries: int = 1,
+        retry_budget: RetryBudget | None = None,
+        backoff: Backoff | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.name = name
@@ -71,6 +77,10 @@ class Tier:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"tier-{name}")
         self.labels = adapter.labels
         self.version = adapter.version
+        self.breaker = CircuitBreaker(name, breaker or BreakerPolicy(), clock=clock)
+        self.max_retries = max_retries
+        self.retry_budget = retry_budget or RetryBudget()
+        self.backoff = backoff or Backoff()
         self.batcher = MicroBatcher(
             self._run_pool,
             max_batch=max_batch,
@@ -124,4 +134,7 @@ class Tier:
             self.cost_per_call = cpu * cpu_second_price
 
     def close(self) -> None:
+        release = getattr(self.adapter, "release", None)
+        if callable(release):  # let injected hangs end so the process can exit
+            release()
         self._pool.shutdown(wait=False, cancel_futures=True)

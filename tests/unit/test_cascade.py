@@ -26,6 +26,13 @@ def p_accurate(text: str) -> float:
     return 0.1 if "not" in text else 0.9
 
 
+async def no_sleep(seconds: float) -> None:
+    SLEPT.append(seconds)
+
+
+SLEPT: list[float] = []
+
+
 def make(clock: ManualClock, *, fast: ScriptedModel | None = None, acc=None, **kw) -> Cascade:
     fast_tier = Tier(
         "fast", fast or ScriptedModel(p_fast, version="f1"), threshold=0.9,
@@ -40,6 +47,7 @@ def make(clock: ManualClock, *, fast: ScriptedModel | None = None, acc=None, **k
         calibration_version="cal-x",
         clock=clock,
         metrics=Metrics("t", ["fast", "accurate"]),
+        sleep=no_sleep,
         **kw,
     )
 
@@ -173,3 +181,59 @@ async def test_metrics_count_escalations_and_cost() -> None:
     assert 'tiergate_escalations_total{from_tier="fast",to_tier="accurate"} 2.0' in text
     assert 'tiergate_cost_total{tier="accurate"} 20.0' in text
     assert 'tiergate_tier_calls_total{outcome="accepted",tier="fast"} 1.0' in text
+
+
+async def test_transient_error_is_retried_within_budget() -> None:
+    clock = ManualClock()
+    failures = [RuntimeError("flaky")]
+
+    def flaky(_: Sequence[str]) -> None:
+        if failures:
+            raise failures.pop()
+
+    c = make(clock, acc=ScriptedModel(p_accurate, on_call=flaky))
+    (r,) = await c.run(["meh"], 1.0)
+    assert (r.tier, r.degraded) == ("accurate", None)
+    assert c.tiers[1].retry_budget.retries == 1
+
+
+async def test_retry_budget_caps_retries_during_an_outage() -> None:
+    clock = ManualClock()
+
+    def down(_: Sequence[str]) -> None:
+        raise RuntimeError("down")
+
+    c = make(clock, acc=ScriptedModel(p_accurate, on_call=down))
+    acc = c.tiers[1]
+    acc.breaker.policy = type(acc.breaker.policy)(min_calls=10_000)  # keep it closed here
+    for _ in range(500):
+        (r,) = await c.run(["meh"], 1.0)
+        assert r.degraded == "tier_error:accurate" and r.tier == "fast"
+    budget = acc.retry_budget
+    assert budget.attempts == 500
+    assert budget.retries <= budget.ratio * budget.attempts + budget.max_tokens
+
+
+async def test_open_breaker_skips_tier_then_probes_and_recovers() -> None:
+    clock = ManualClock()
+    healthy = [False]
+
+    def maybe(_: Sequence[str]) -> None:
+        if not healthy[0]:
+            raise RuntimeError("down")
+
+    c = make(clock, acc=ScriptedModel(p_accurate, on_call=maybe))
+    acc = c.tiers[1]
+    for _ in range(10):
+        await c.run(["meh"], clock() + 1.0)
+    assert acc.breaker.state == "open"
+    calls_before = len(acc.adapter.calls)  # type: ignore[attr-defined]
+    (r,) = await c.run(["meh"], clock() + 1.0)
+    assert r.degraded == "circuit_open:accurate" and r.path == ("fast",)
+    assert len(acc.adapter.calls) == calls_before  # type: ignore[attr-defined]
+    healthy[0] = True
+    clock.advance(acc.breaker.policy.cooldown_s)
+    for _ in range(acc.breaker.policy.probes):
+        (r,) = await c.run(["meh"], clock() + 1.0)
+        assert r.tier == "accurate" and r.degraded is None
+    assert acc.breaker.state == "closed"

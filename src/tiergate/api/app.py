@@ -218,7 +218,7 @@ def create_app(
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
         s = state["service"]
-        payload = s.metrics.render() if s is not None else b"tiergate_ready 0\n"
+        payload = s.metrics_text() if s is not None else b"tiergate_ready 0\n"
         return Response(payload, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.state.tiergate = state
