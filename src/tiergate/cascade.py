@@ -25,6 +25,8 @@ from tiergate.types import Result, TierAnswer
 
 __all__ = ["Cascade", "FallbackPolicy"]
 
+_RESERVE_S = 0.003
+
 
 @dataclass(frozen=True)
 class FallbackPolicy:
@@ -75,12 +77,14 @@ class Cascade:
         reasons: list[str | None] = [None] * n
         pending = list(range(n))
         m = self.metrics
+        # Stop waiting slightly before the deadline so the answer leaves in time.
+        reserve = min(_RESERVE_S, 0.1 * max(deadline - t_start, 0.0))
 
         for i, tier in enumerate(self.tiers):
             if not pending:
                 break
             remaining = deadline - self.clock()
-            if remaining <= 0 or tier.latency.expected() > remaining:
+            if remaining <= reserve or tier.latency.expected() > remaining:
                 for j in pending:
                     reasons[j] = "deadline"
                 if m:
@@ -98,7 +102,7 @@ class Cascade:
             if m:
                 m.cost.labels(tier.name).inc(tier.cost_per_call * len(pending))
             t0 = self.clock()
-            timeout = min(tier.timeout_s, remaining)
+            timeout = min(tier.timeout_s, remaining - reserve)
             try:
                 probs = await self._call(tier, batch, deadline, timeout)
             except TimeoutError:

@@ -44,6 +44,7 @@ class LoadResult:
     concurrency: int | None = None
     server_latency_ms: list[float] = field(default_factory=list)
     costs: list[float] = field(default_factory=list)
+    responses: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 class _Conn:
@@ -100,6 +101,7 @@ async def run_load(
     duration_s: float = 10.0,
     timeout_s: float = 10.0,
     max_connections: int = 512,
+    keep_responses: bool = False,
     progress: Callable[[float, LoadResult], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> LoadResult:
@@ -121,6 +123,8 @@ async def run_load(
         res.latencies_s.append(clock() - intended)
         res.send_offsets_s.append(intended - start)
         res.statuses[status] += 1
+        if keep_responses:
+            res.responses.append((status, payload))
         if status == 200 and payload:
             _count(res, payload)
 

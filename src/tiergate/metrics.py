@@ -86,6 +86,10 @@ class Metrics:
             "tiergate_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
             ["tier"], registry=r,
         )  # fmt: skip
+        self.breaker_transitions = Counter(
+            "tiergate_breaker_transitions", "Circuit breaker state changes.", ["tier", "to"],
+            registry=r,
+        )  # fmt: skip
         self.shed = Counter(
             "tiergate_shed", "Requests refused by admission control (429).", registry=r
         )

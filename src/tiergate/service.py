@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,8 @@ from tiergate.tier import Tier
 from tiergate.types import Result
 
 __all__ = ["Service"]
+
+log = logging.getLogger("tiergate")
 
 _COST_PROBE = (
     "a gorgeous, moving film",
@@ -65,6 +68,7 @@ class Service:
             clock=clock,
         )
         for t in self.tiers:
+            t.breaker.on_change(self._breaker_changed)
             self.metrics.cost_per_call.labels(t.name).set(t.cost_per_call)
             self.metrics.info.labels(
                 config.service, t.name, t.version, self.cascade.calibration_version or "none"
@@ -170,6 +174,10 @@ class Service:
         for r in results:
             self._account(r)
         return results
+
+    def _breaker_changed(self, tier: str, state: str) -> None:
+        self.metrics.breaker_transitions.labels(tier, state).inc()
+        log.warning("circuit breaker of tier %r is now %s", tier, state)
 
     def _admit(self, weight: int) -> None:
         try:

@@ -11,7 +11,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from tiergate.api.schemas import (
     BatchRequest,
@@ -20,6 +20,7 @@ from tiergate.api.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from tiergate.config import LimitsConfig
 from tiergate.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -65,19 +66,30 @@ def _errors_doc(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorResponse} for c in codes}
 
 
-def _schema_body(model: type[Any]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
+# A text the guard accepts has at least one visible character.
+_VISIBLE = r"[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]"
+
+
+def _schema_body(model: type[Any], limits: LimitsConfig) -> dict[str, Any]:
+    # The documented schema carries the configured limits, so clients (and fuzzers)
+    # know exactly what is valid.
+    schema = model.model_json_schema()
+    props = schema["properties"]
+    text = {"type": "string", "minLength": 1, "maxLength": limits.max_input_chars,
+            "pattern": _VISIBLE}  # fmt: skip
+    if "input" in props:
+        props["input"] = {**props["input"], **text}
+    if "inputs" in props:
+        items = {**props["inputs"]["items"], **text}
+        props["inputs"] = {**props["inputs"], "items": items, "maxItems": limits.max_batch_items}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def create_app(
     service: Service | None = None,
     *,
     loader: Callable[[], Service] | None = None,
+    limits: LimitsConfig | None = None,
 ) -> FastAPI:
     """The HTTP app around a service, or around a loader run in the background.
 
@@ -85,6 +97,7 @@ def create_app(
     models are loaded.
     """
     state: dict[str, Any] = {"service": service, "error": None}
+    limits = limits or (service.config.limits if service is not None else LimitsConfig())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -149,8 +162,8 @@ def create_app(
             ms = float(value)
         except (TypeError, ValueError):
             raise InputError("deadline_ms must be a number of milliseconds") from None
-        if isinstance(value, bool) or not 0 < ms <= 600_000:
-            raise InputError("deadline_ms must be a number in (0, 600000]")
+        if isinstance(value, bool) or not 10 <= ms <= 600_000:
+            raise InputError("deadline_ms must be a number of milliseconds in [10, 600000]")
         return ms
 
     def unknown_keys(data: dict[str, Any], allowed: set[str]) -> None:
@@ -181,7 +194,7 @@ def create_app(
         "/v1/predict",
         response_model=PredictResponse,
         responses=_errors_doc(413, 422, 429, 503, 504),
-        openapi_extra=_schema_body(PredictRequest),
+        openapi_extra=_schema_body(PredictRequest, limits),
         summary="Classify one input",
     )
     async def predict(request: Request) -> Response:
@@ -196,7 +209,7 @@ def create_app(
         "/v1/predict/batch",
         response_model=BatchResponse,
         responses=_errors_doc(413, 422, 429, 503, 504),
-        openapi_extra=_schema_body(BatchRequest),
+        openapi_extra=_schema_body(BatchRequest, limits),
         summary="Classify many inputs",
     )
     async def predict_batch(request: Request) -> Response:
@@ -215,7 +228,12 @@ def create_app(
     async def readyz() -> Response:
         return JSONResponse({"status": "ready", **svc().describe()})
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics() -> Response:
         s = state["service"]
         payload = s.metrics_text() if s is not None else b"tiergate_ready 0\n"

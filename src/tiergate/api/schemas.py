@@ -22,7 +22,7 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: str = Field(description="Text to classify.", min_length=1)
     deadline_ms: float | None = Field(
-        None, gt=0, le=600_000, description="Answer within this many ms (default from config)."
+        None, ge=10, le=600_000, description="Answer within this many ms (default from config)."
     )
 
 
@@ -31,7 +31,7 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     inputs: list[str] = Field(description="Texts to classify.", min_length=1)
-    deadline_ms: float | None = Field(None, gt=0, le=600_000, description="Deadline for all.")
+    deadline_ms: float | None = Field(None, ge=10, le=600_000, description="Deadline for all.")
 
 
 class PredictResponse(BaseModel):

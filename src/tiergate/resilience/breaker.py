@@ -90,6 +90,10 @@ class CircuitBreaker:
             return True
         return False
 
+    def on_change(self, callback: Callable[[str, State], None]) -> None:
+        """Call ``callback(name, new_state)`` on every transition."""
+        self._on_change = callback
+
     def cancel(self) -> None:
         """A call ``allow()`` let through ended without a verdict: give its probe back."""
         if self._state == "half_open":
