@@ -69,6 +69,7 @@ def write_json_atomic(path: Path, body: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(body, f, indent=2, sort_keys=False)
             f.write("\n")
