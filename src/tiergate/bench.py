@@ -7,6 +7,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,17 +47,19 @@ def served(config: Path, *, ready_timeout_s: float = 600.0) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [sys.executable, "-m", "tiergate", "serve", str(config), "--port", str(port),
          "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s
         while True:
             if proc.poll() is not None:
-                msg = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                log.seek(0)
+                msg = log.read().decode(errors="replace")
                 raise TiergateError(f"server exited while starting: {msg.strip()[-2000:]}")
             try:
                 if httpx.get(base + "/readyz", timeout=2).status_code == 200:
@@ -73,6 +76,8 @@ def served(config: Path, *, ready_timeout_s: float = 600.0) -> Iterator[str]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        log.close()
 
 
 def run_bench(

@@ -240,6 +240,32 @@ def bench(
     )
 
 
+@app.command()
+def check(
+    config: Annotated[Path, typer.Argument(help="Service config with an `slo:` section.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Labelled data (default: demo test split).")
+    ] = None,
+    report: Annotated[Path, typer.Option(help="Report folder.")] = Path("check-report"),
+    duration: Annotated[float, typer.Option(help="Seconds of load.")] = 10.0,
+    rate: Annotated[float | None, typer.Option(help="Arrival rate (default: slo.rate).")] = None,
+) -> None:
+    """Evaluate + load-test against the config's SLOs; exit 0 only if all hold (a CI gate)."""
+    from tiergate.evaluation import check_config, render_table
+
+    data = data or tiergate_home() / "demo" / "data" / "test.jsonl"
+    try:
+        res = check_config(
+            config, data=data, report_dir=report, duration_s=duration, rate=rate,
+            progress=lambda msg: err.print(f"  {msg}", highlight=False),
+        )  # fmt: skip
+    except TiergateError as exc:
+        raise _fail(exc) from None
+    stdout.print(render_table(res))
+    stdout.print(f"report: {res.paths['html']}", highlight=False)
+    raise typer.Exit(0 if res.passed else 1)
+
+
 def main() -> None:
     """Entry point of the `tiergate` script."""
     app()

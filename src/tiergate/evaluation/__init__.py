@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from tiergate.evaluation.check import CheckResult, CheckRow, check_config, render_table
 from tiergate.evaluation.evaluate import evaluate_config, routing_curves
 
-__all__ = ["evaluate_config", "routing_curves"]
+__all__ = [
+    "CheckResult",
+    "CheckRow",
+    "check_config",
+    "evaluate_config",
+    "render_table",
+    "routing_curves",
+]

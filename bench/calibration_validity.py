@@ -1,0 +1,114 @@
+"""Calibration validity on the demo data, and the headline operating point.
+
+1. Headline: calibrate on the demo's calibration split with a target 1 point under the
+   accurate tier's test accuracy; report the cascade's test accuracy, escalation rate
+   and cost relative to always-accurate.
+2. Validity: pool calibration + test, redraw the split many times, calibrate each time
+   and check that the target is met on the held-out part at least `confidence` of the
+   time (minus the study's own sampling error), for several targets.
+
+Writes bench/results/calibration.json. Run: `.venv/bin/python bench/calibration_validity.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from tiergate.artifact import read_artifact
+from tiergate.calibration import apply_temperature, cascade_outcome, fit_temperature
+from tiergate.calibration import learn_then_test as ltt
+from tiergate.config import tiergate_home
+from tiergate.evaluation.validity import resampling_study
+from tiergate.offline import read_labelled
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def demo_scores(demo: Path) -> dict[str, Any]:
+    """Both tiers' probabilities on the calibration and test splits (no re-embedding)."""
+    fast = joblib.load(demo / "fast.joblib")
+    head = joblib.load(demo / "accurate-head.joblib")
+    emb = np.load(demo / "embeddings-int8.npz")
+    out: dict[str, Any] = {}
+    for split in ("calibration", "test"):
+        texts, labels = read_labelled(demo / "data" / f"{split}.jsonl")
+        classes = [str(c) for c in fast.classes_]
+        assert classes == [str(c) for c in head.classes_]
+        y = np.array([classes.index(lab) for lab in labels])
+        out[split] = {
+            "probs": [fast.predict_proba(texts), head.predict_proba(emb[split])],
+            "y": y,
+        }
+    return out
+
+
+def headline(scores: dict[str, Any], costs: list[float], confidence: float) -> dict[str, Any]:
+    cal, test = scores["calibration"], scores["test"]
+    acc_test = [float((p.argmax(1) == test["y"]).mean()) for p in test["probs"]]
+    target = round(acc_test[-1] - 0.01, 4)
+    temps = [fit_temperature(p, cal["y"]) for p in cal["probs"]]
+    conf_cal = [apply_temperature(p, t).max(1) for p, t in zip(cal["probs"], temps, strict=True)]
+    ok_cal = [p.argmax(1) == cal["y"] for p in cal["probs"]]
+    res = ltt(conf_cal, ok_cal, costs, target, confidence=confidence)
+    conf_t = [apply_temperature(p, t).max(1) for p, t in zip(test["probs"], temps, strict=True)]
+    ok_t = [p.argmax(1) == test["y"] for p in test["probs"]]
+    o = cascade_outcome(conf_t, ok_t, costs, res.thresholds)
+    return {
+        "tier_test_accuracy": {"fast": acc_test[0], "accurate": acc_test[1]},
+        "target_accuracy": target,
+        "confidence": confidence,
+        "threshold": res.thresholds[0],
+        "calibration_split": res.to_dict(),
+        "test": {
+            "accuracy": o.accuracy,
+            "meets_target": o.accuracy >= target,
+            "escalation_rate": o.escalation_rate,
+            "cost_vs_always_accurate": float(o.cost.mean()) / costs[-1],
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--demo-dir", type=Path, default=tiergate_home() / "demo")
+    ap.add_argument("--runs", type=int, default=500)
+    ap.add_argument("--confidence", type=float, default=0.95)
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.80, 0.82, 0.83, 0.835])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calibration.json")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    scores = demo_scores(args.demo_dir)
+    art = read_artifact(args.demo_dir / "calibration.json")
+    costs = [float(art.model_extra["costs"][t]) for t in ("fast", "accurate")]  # type: ignore[index]
+    result: dict[str, Any] = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python bench/calibration_validity.py",
+        "costs": costs,
+        "headline": headline(scores, costs, args.confidence),
+    }
+    print(json.dumps(result["headline"]["test"], indent=1), flush=True)
+    probs = [np.concatenate([scores["calibration"]["probs"][i], scores["test"]["probs"][i]])
+             for i in range(2)]  # fmt: skip
+    y = np.concatenate([scores["calibration"]["y"], scores["test"]["y"]])
+    result["validity"] = resampling_study(
+        probs, y, costs, n_calibration=len(scores["calibration"]["y"]), targets=args.targets,
+        confidence=args.confidence, runs=args.runs,
+    )  # fmt: skip
+    for row in result["validity"]["targets"]:
+        print({k: row[k] for k in ("target", "deployed", "refused", "coverage", "holds")})
+    result["seconds"] = time.perf_counter() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
