@@ -1,0 +1,288 @@
+"""ONNX sentence embeddings (onnxruntime + tokenizers) and a classifier head on top.
+
+Serve-time code: imports only numpy, onnxruntime, tokenizers and joblib — no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from tiergate.errors import ConfigError, ModelError
+from tiergate.models.base import Probabilities
+from tiergate.models.hashing import combine_digests, file_digest
+
+__all__ = ["Embeddings", "OnnxEmbeddingClassifier", "OnnxSentenceEmbedder"]
+
+Embeddings = npt.NDArray[np.float32]
+
+# Pad tokens tried, in order, when tokenizer.json carries no padding config of its own.
+_PAD_TOKENS = ("<pad>", "[PAD]", "<|padding|>")
+_ONNX_INT_TYPES: dict[str, type[np.signedinteger[Any]]] = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def _require_file(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}", path=str(path))
+    return path
+
+
+class OnnxSentenceEmbedder:
+    """Sentence embeddings from an ONNX transformer: mean pooling + L2 normalisation.
+
+    The model must take ``input_ids`` / ``attention_mask`` (optionally ``token_type_ids``)
+    and return token embeddings ``(batch, seq, dim)`` as its first output (or one named
+    ``last_hidden_state`` / ``token_embeddings``). Thread-safe: the session and the
+    tokenizer are read-only after construction.
+
+    Dynamically quantised (int8) models are batch-dependent: activations share one
+    quantisation scale per batch, so a text's embedding would change with its batch-mates
+    (cosine to itself as low as 0.83 for MPNet). The constructor detects this and then runs
+    each text alone (``row_by_row``): results become batch-invariant, closer to fp32, and
+    on CPU no slower (a transformer is compute-bound; batching only adds padding).
+    Pass ``row_by_row`` to skip the detection.
+
+    >>> emb = OnnxSentenceEmbedder(Path("mpnet-int8.onnx"), Path("tokenizer.json"))
+    >>> emb.embed(["a fine film"]).shape  # doctest: +SKIP
+    (1, 768)
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        tokenizer_path: Path,
+        *,
+        max_length: int = 128,
+        intra_op_threads: int | None = None,
+        row_by_row: bool | None = None,
+    ) -> None:
+        self._model_path = _require_file(model_path, "ONNX model")
+        self._tokenizer_path = _require_file(tokenizer_path, "tokenizer")
+        if max_length < 2:
+            raise ConfigError(f"max_length must be >= 2, got {max_length}", max_length=max_length)
+        self._max_length = max_length
+        self._sha256 = file_digest(self._model_path, length=64)
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(
+                str(self._model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ConfigError(
+                f"cannot load ONNX model {self._model_path}: {exc}", path=str(self._model_path)
+            ) from exc
+
+        self._inputs: dict[str, type[np.signedinteger[Any]]] = {}
+        for inp in self._session.get_inputs():
+            if inp.name not in ("input_ids", "attention_mask", "token_type_ids"):
+                raise ConfigError(
+                    f"ONNX model {self._model_path} has unsupported input {inp.name!r}",
+                    path=str(self._model_path),
+                )
+            self._inputs[inp.name] = _ONNX_INT_TYPES.get(inp.type, np.int64)
+        if "input_ids" not in self._inputs:
+            raise ConfigError(
+                f"ONNX model {self._model_path} has no 'input_ids' input",
+                path=str(self._model_path),
+            )
+        outputs = [o.name for o in self._session.get_outputs()]
+        named = [n for n in outputs if n in ("token_embeddings", "last_hidden_state")]
+        self._output = named[0] if named else outputs[0]
+
+        try:
+            self._tokenizer = Tokenizer.from_file(str(self._tokenizer_path))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise ConfigError(
+                f"cannot load tokenizer {self._tokenizer_path}: {exc}",
+                path=str(self._tokenizer_path),
+            ) from exc
+        self._tokenizer.enable_truncation(max_length=max_length)
+        self._tokenizer.enable_padding(**self._padding_args())
+
+        # Probing also warms the session up, so the first request is not slow.
+        self._row_by_row = self._batch_dependent() if row_by_row is None else row_by_row
+        self._dim = int(self.embed([""]).shape[1])
+
+    def _padding_args(self) -> dict[str, Any]:
+        current = self._tokenizer.padding
+        if current is not None:
+            return {"pad_id": current["pad_id"], "pad_token": current["pad_token"]}
+        for token in _PAD_TOKENS:
+            pad_id = self._tokenizer.token_to_id(token)
+            if pad_id is not None:
+                return {"pad_id": pad_id, "pad_token": token}
+        return {"pad_id": 0, "pad_token": "[PAD]"}  # masked out anyway
+
+    @property
+    def version(self) -> str:
+        """First 16 hex digits of the model file's sha256."""
+        return self._sha256[:16]
+
+    @property
+    def sha256(self) -> str:
+        """Full sha256 of the model file."""
+        return self._sha256
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return self._dim
+
+    @property
+    def max_length(self) -> int:
+        """Token limit; longer texts are truncated."""
+        return self._max_length
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token counts after truncation (useful to sort a corpus into tight batches)."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        return [sum(e.attention_mask) for e in encodings]
+
+    @property
+    def row_by_row(self) -> bool:
+        """Whether batches run one text at a time (see the class docstring)."""
+        return self._row_by_row
+
+    def embed(self, texts: Sequence[str]) -> Embeddings:
+        """Embed ``texts`` into an ``(n, dim)`` float32 array of unit vectors."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of strings, not a single string")
+        if len(texts) == 0:
+            return np.zeros((0, getattr(self, "_dim", 0)), dtype=np.float32)
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        if not self._row_by_row or len(texts) == 1:
+            return self._run(ids, mask)
+        lengths = mask.sum(axis=1)
+        return np.vstack(
+            [self._run(ids[i : i + 1, :n], mask[i : i + 1, :n]) for i, n in enumerate(lengths)]
+        )
+
+    def _run(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]) -> Embeddings:
+        feeds: dict[str, npt.NDArray[Any]] = {}
+        for name, dtype in self._inputs.items():
+            if name == "input_ids":
+                feeds[name] = ids.astype(dtype, copy=False)
+            elif name == "attention_mask":
+                feeds[name] = mask.astype(dtype, copy=False)
+            else:
+                feeds[name] = np.zeros_like(ids, dtype=dtype)
+        try:
+            (tokens,) = self._session.run([self._output], feeds)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(
+                f"ONNX model {self._model_path.name} failed: {exc}", model=self._model_path.name
+            ) from exc
+        tokens = np.asarray(tokens, dtype=np.float32)
+        if tokens.ndim != 3 or tokens.shape[:2] != ids.shape:
+            raise ModelError(
+                f"ONNX model {self._model_path.name} returned shape {tokens.shape}, "
+                f"expected (batch, seq, dim) for input {ids.shape}",
+                model=self._model_path.name,
+            )
+        weights = mask.astype(np.float32)[:, :, None]
+        pooled = (tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        out: Embeddings = (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+        return out
+
+    def _batch_dependent(self) -> bool:
+        # Dynamic int8 quantisation picks one activation scale per tensor, i.e. per
+        # batch: a text's embedding then depends on its batch-mates and their padding.
+        probe = ["a short probe", "a much longer probe sentence, which pads the first one out"]
+        self._row_by_row = False
+        together = self.embed(probe)[0]
+        alone = self.embed(probe[:1])[0]
+        return not np.allclose(together, alone, atol=1e-5)
+
+
+class OnnxEmbeddingClassifier:
+    """A :class:`~tiergate.models.base.ModelAdapter`: ONNX sentence embeddings + a
+    scikit-learn classifier head (anything with ``predict_proba`` and ``classes_``)
+    saved with joblib.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        tokenizer_path: Path,
+        head_path: Path,
+        *,
+        max_length: int = 128,
+        intra_op_threads: int | None = None,
+        row_by_row: bool | None = None,
+    ) -> None:
+        head_path = _require_file(head_path, "classifier head")
+        self._embedder = OnnxSentenceEmbedder(
+            model_path,
+            tokenizer_path,
+            max_length=max_length,
+            intra_op_threads=intra_op_threads,
+            row_by_row=row_by_row,
+        )
+        try:
+            head = joblib.load(head_path)
+        except Exception as exc:  # unpickling can raise almost anything
+            raise ConfigError(
+                f"cannot load classifier head {head_path}: {exc}", path=str(head_path)
+            ) from exc
+        if not hasattr(head, "predict_proba") or not hasattr(head, "classes_"):
+            raise ConfigError(
+                f"classifier head {head_path} has no predict_proba/classes_ "
+                "(expected a fitted scikit-learn classifier)",
+                path=str(head_path),
+            )
+        self._head = head
+        self._labels = tuple(str(c) for c in head.classes_)
+        self._version = combine_digests(self._embedder.sha256, file_digest(head_path, length=64))
+        self._name = head_path.name
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class labels, in the order of ``predict_batch`` columns."""
+        return self._labels
+
+    @property
+    def version(self) -> str:
+        """16 hex digits identifying the ONNX model and the head together."""
+        return self._version
+
+    @property
+    def embedder(self) -> OnnxSentenceEmbedder:
+        """The underlying embedder (e.g. for a semantic cache that shares it)."""
+        return self._embedder
+
+    def predict_batch(self, texts: Sequence[str]) -> Probabilities:
+        """Class probabilities, shape ``(len(texts), len(labels))``, float64."""
+        if len(texts) == 0:
+            return np.zeros((0, len(self._labels)), dtype=np.float64)
+        return self.predict_embeddings(self._embedder.embed(texts))
+
+    def predict_embeddings(self, embeddings: Embeddings) -> Probabilities:
+        """Class probabilities for precomputed embeddings from :attr:`embedder`."""
+        try:
+            probs = self._head.predict_proba(embeddings)
+        except Exception as exc:  # sklearn raises many types; all mean the head failed
+            raise ModelError(
+                f"classifier head {self._name} failed: {exc}", model=self._name
+            ) from exc
+        out: Probabilities = np.asarray(probs, dtype=np.float64)
+        return out
