@@ -32,7 +32,9 @@ __all__ = [
     "AdmissionConfig",
     "BatchingConfig",
     "BreakerConfig",
+    "CacheConfig",
     "CallableModelConfig",
+    "ExactCacheConfig",
     "FallbackConfig",
     "FaultConfig",
     "LimitsConfig",
@@ -41,6 +43,7 @@ __all__ = [
     "PricingConfig",
     "RetryConfig",
     "SLOConfig",
+    "SemanticCacheConfig",
     "ServiceConfig",
     "SklearnModelConfig",
     "TierConfig",
@@ -228,6 +231,51 @@ class AdmissionConfig(_Frozen):
     retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with a 429.")
 
 
+class ExactCacheConfig(_Frozen):
+    """Exact cache: whole answers by normalised input and every model/calibration version."""
+
+    enabled: bool = Field(True, description="Serve repeated inputs from the cache.")
+    backend: Literal["memory", "redis", "layered"] = Field(
+        "memory", description="memory (per process), redis (shared), layered (memory + redis)."
+    )
+    max_items: int = Field(100_000, ge=1, description="In-memory LRU capacity.")
+    ttl_s: float = Field(3600.0, gt=0, description="Entry lifetime, seconds.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis server URL.")
+    near_ttl_s: float = Field(60.0, gt=0, description="Lifetime in the memory layer (layered).")
+
+
+class SemanticCacheConfig(_Frozen):
+    """Semantic cache: answer from the nearest cached input above a calibrated similarity."""
+
+    enabled: bool = Field(False, description="Consult the semantic cache on exact misses.")
+    calibration: ExistingFile | None = Field(
+        None, description="Threshold artifact from the semantic-cache calibration."
+    )
+    threshold: float | None = Field(
+        None, gt=0, le=1, description="Manual similarity threshold (overrides calibration)."
+    )
+    capacity: int = Field(10_000, ge=1, description="Most cached entries (oldest evicted).")
+    audit_rate: float = Field(
+        0.02, ge=0, le=1, description="Share of hits re-checked against the cascade."
+    )
+    false_hit_bound: float = Field(
+        0.01, gt=0, lt=1, description="Tighten the threshold if false hits exceed this."
+    )
+
+    @model_validator(mode="after")
+    def _threshold_source(self) -> SemanticCacheConfig:
+        if self.enabled and self.calibration is None and self.threshold is None:
+            raise ValueError("an enabled semantic cache needs `calibration:` or `threshold:`")
+        return self
+
+
+class CacheConfig(_Frozen):
+    """Caches consulted before the cascade; only non-degraded answers are stored."""
+
+    exact: ExactCacheConfig = Field(ExactCacheConfig(), description="Exact cache.")
+    semantic: SemanticCacheConfig = Field(SemanticCacheConfig(), description="Semantic cache.")
+
+
 class SLOConfig(_Frozen):
     """Declared service level objectives, checked by `tiergate check`."""
 
@@ -256,6 +304,7 @@ class ServiceConfig(_Frozen):
     limits: LimitsConfig = Field(LimitsConfig(), description="Input limits.")
     fallback: FallbackConfig = Field(FallbackConfig(), description="Fallbacks.")
     admission: AdmissionConfig = Field(AdmissionConfig(), description="Load shedding.")
+    cache: CacheConfig = Field(CacheConfig(), description="Exact and semantic caches.")
     pricing: PricingConfig = Field(PricingConfig(), description="Pricing.")
     slo: SLOConfig = Field(SLOConfig(), description="Service level objectives.")
     path: Path | None = Field(None, exclude=True, description="Where this config was read.")

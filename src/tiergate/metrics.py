@@ -29,7 +29,7 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "tiergate_requests",
-            "Inputs answered, by the tier that answered and outcome (ok/degraded/failed).",
+            "Inputs answered, by the tier that answered and outcome (ok/degraded/failed/cached).",
             ["tier", "outcome"],
             registry=r,
         )
@@ -103,13 +103,18 @@ class Metrics:
         )
         self._service = service
         for t in tiers:
-            for outcome in ("ok", "degraded", "failed"):
+            for outcome in ("ok", "degraded", "failed", "cached"):
                 self.requests.labels(t, outcome)
             self.cost.labels(t)
 
     def observe_result(self, result: Result) -> None:
         """Count one answered input (not cache lookups: those count in ``cache``)."""
-        outcome = "failed" if result.output is None else "degraded" if result.degraded else "ok"
+        outcome = (
+            "failed" if result.output is None
+            else "degraded" if result.degraded
+            else "cached" if result.cache
+            else "ok"
+        )  # fmt: skip
         self.requests.labels(result.tier or "none", outcome).inc()
         self.request_latency.observe(result.latency_ms / 1000.0)
         if result.degraded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tiergate.artifact import CalibrationArtifact, read_artifact
+from tiergate.cachelayer import CacheLayer, with_latency
 from tiergate.cascade import Cascade, FallbackPolicy
 from tiergate.config import ServiceConfig
 from tiergate.errors import ConfigError, DeadlineExceededError, ModelError, OverloadError
@@ -24,6 +26,7 @@ from tiergate.types import Result
 __all__ = ["Service"]
 
 log = logging.getLogger("tiergate")
+_AUDIT_DEADLINE_S = 5.0
 
 _COST_PROBE = (
     "a gorgeous, moving film",
@@ -54,6 +57,13 @@ class Service:
         self.metrics = metrics or Metrics(config.service, [t.name for t in tiers])
         self.clock = clock
         self.guard = Guard(config.limits)
+        self.caches = CacheLayer.from_config(
+            config,
+            {t.name: t.version for t in self.tiers},
+            self.cascade_calibration_version(calibration),
+            self.metrics,
+            clock=clock,
+        )
         self.admission = Admission(
             config.admission.max_inflight, retry_after_s=config.admission.retry_after_s
         )
@@ -136,6 +146,10 @@ class Service:
                 t.measure_cost(_COST_PROBE, config.pricing.cpu_second)
         return cls(config, tiers, calibration, clock=clock)
 
+    @staticmethod
+    def cascade_calibration_version(calibration: CalibrationArtifact | None) -> str | None:
+        return calibration.version if calibration else None
+
     @property
     def labels(self) -> tuple[str, ...]:
         return self.tiers[0].labels
@@ -152,7 +166,7 @@ class Service:
         clean = self.guard.text(text)
         self._admit(1)
         try:
-            (result,) = await self.cascade.run([clean], deadline, start=start)
+            result = await self._answer(clean, start, deadline)
         finally:
             self.admission.release(1)
         self._account(result)
@@ -168,9 +182,15 @@ class Service:
         clean = self.guard.batch(texts)
         self._admit(len(clean))
         try:
-            results = await self.cascade.run(clean, deadline, start=start)
+
+            async def compute(texts: list[str]) -> list[Result]:
+                return await self.cascade.run(texts, deadline, start=start)
+
+            results = await self.caches.run_many(clean, compute)
         finally:
             self.admission.release(len(clean))
+        elapsed = (self.clock() - start) * 1000.0
+        results = [with_latency(r, elapsed) for r in results]
         for r in results:
             self._account(r)
         return results
@@ -178,6 +198,28 @@ class Service:
     def _breaker_changed(self, tier: str, state: str) -> None:
         self.metrics.breaker_transitions.labels(tier, state).inc()
         log.warning("circuit breaker of tier %r is now %s", tier, state)
+
+    async def _answer(self, text: str, start: float, deadline: float) -> Result:
+        async def compute() -> Result:
+            (r,) = await self.cascade.run([text], deadline, start=start)
+            return r
+
+        async def audit() -> Result:
+            # Re-answering a semantic hit to check it: its own, generous deadline.
+            (r,) = await self.cascade.run([text], self.clock() + _AUDIT_DEADLINE_S)
+            return r
+
+        try:
+            # A request waiting on an identical in-flight one still keeps its deadline.
+            async with asyncio.timeout(max(deadline - self.clock(), 0.0)):
+                result = await self.caches.get_or_compute(text, compute, audit)
+        except TimeoutError:
+            result = Result(
+                output=None, confidence=None, tier=None, path=(), cache=None,
+                degraded="deadline", latency_ms=0.0, cost=0.0, model_version=None,
+                calibration_version=self.cascade.calibration_version,
+            )  # fmt: skip
+        return with_latency(result, (self.clock() - start) * 1000.0)
 
     def _admit(self, weight: int) -> None:
         try:
@@ -234,6 +276,11 @@ class Service:
                 for t in self.tiers
             ],
         }
+
+    async def aclose(self) -> None:
+        """Close caches (background audits, Redis connections) and tiers."""
+        await self.caches.aclose()
+        self.close()
 
     def close(self) -> None:
         for t in self.tiers:

@@ -7,6 +7,10 @@ own configs without mocking tiergate's internals.
 from __future__ import annotations
 
 import re
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -16,7 +20,14 @@ import numpy as np
 from tiergate.errors import TiergateError
 from tiergate.models.base import Probabilities
 
-__all__ = ["ManualClock", "ScriptedModel", "keyword_sentiment", "serve_in_thread"]
+__all__ = [
+    "ManualClock",
+    "RedisServer",
+    "ScriptedModel",
+    "free_port",
+    "keyword_sentiment",
+    "serve_in_thread",
+]
 
 
 class ManualClock:
@@ -121,3 +132,54 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (racy by nature; fine for tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A throwaway redis-server on 127.0.0.1:``port``."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start and wait until it answers PING."""
+        redis = shutil.which("redis-server")
+        if redis is None:
+            raise TiergateError("redis-server is not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [redis, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a real process: poll until it answers PING
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise TiergateError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        """Kill it (SIGKILL, by PID), as an outage would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # by PID; SIGKILL is what an outage looks like
+            self.proc.wait(timeout=10)
+        self.proc = None

@@ -125,10 +125,12 @@ class Tier:
 
     def measure_cost(self, sample: Sequence[str], cpu_second_price: float, calls: int = 20) -> None:
         """Derive ``cost_per_call`` from process CPU time of single calls (warm)."""
-        self.predict_sync(sample[:1])  # warm-up
+        # Price the model itself: injected faults (chaos tests) must not hang start-up.
+        adapter: ModelAdapter = getattr(self.adapter, "inner", self.adapter)
+        adapter.predict_batch(sample[:1])  # warm-up
         t0 = time.process_time()
         for i in range(calls):
-            self.predict_sync([sample[i % len(sample)]])
+            adapter.predict_batch([sample[i % len(sample)]])
         cpu = (time.process_time() - t0) / calls
         if self.cost_derived:
             self.cost_per_call = cpu * cpu_second_price

@@ -8,9 +8,6 @@ without persistence and stopped by PID. Tests skip only if it is not installed.
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -25,7 +22,7 @@ from tiergate.cache import (
     PrometheusCacheMetrics,
     RedisStore,
 )
-from tiergate.testing import ManualClock
+from tiergate.testing import ManualClock, RedisServer, free_port
 from tiergate.types import Result
 
 pytestmark = pytest.mark.integration
@@ -36,57 +33,11 @@ needs_redis = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A throwaway redis-server on 127.0.0.1:``port``."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS is not None
-        self.proc = subprocess.Popen(
-            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # a real process: poll until it answers PING
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.stop()
-        raise AssertionError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # by PID; SIGKILL is what an outage looks like
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
     if REDIS is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(_free_port())
+    server = RedisServer(free_port())
     server.start()
     yield server
     server.stop()
@@ -155,7 +106,7 @@ async def test_redis_expires_entries(redis_server: RedisServer) -> None:
 async def test_redis_down_serves_misses_then_reconnects() -> None:
     from prometheus_client import CollectorRegistry
 
-    server = RedisServer(_free_port())
+    server = RedisServer(free_port())
     server.start()
     clock = ManualClock()
     registry = CollectorRegistry()
@@ -201,7 +152,7 @@ async def test_redis_down_serves_misses_then_reconnects() -> None:
 
 @needs_redis
 async def test_exact_cache_keeps_answering_while_redis_is_down() -> None:
-    server = RedisServer(_free_port())
+    server = RedisServer(free_port())
     server.start()
     store = RedisStore(server.url, clock=ManualClock())
     cache = ExactCache(store, "ns")
@@ -226,7 +177,7 @@ async def test_exact_cache_keeps_answering_while_redis_is_down() -> None:
 
 
 async def test_unreachable_redis_never_raises() -> None:
-    store = RedisStore(f"redis://127.0.0.1:{_free_port()}/0", clock=ManualClock())
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", clock=ManualClock())
     assert await store.get(b"k") is None
     await store.set(b"k", b"v")
     assert await store.get_many([b"a"]) == [None]

@@ -28,6 +28,8 @@ tiers:
   - name: accurate
     model: {{kind: callable, target: "tiergate.testing:keyword_sentiment", labels: [negative, positive]}}
     cost_per_call: 0.0001
+# No exact cache: the served cost must equal the policy's offline cost (repeats are free).
+cache: {{exact: {{enabled: false}}}}
 {slo}"""
 
 GENEROUS = "slo: {p99_ms: 2000, accuracy: 0.5, availability: 0.9, cost_per_1k: 1.0, rate: 50}"

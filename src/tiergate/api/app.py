@@ -115,7 +115,7 @@ def create_app(
         if task is not None:
             task.cancel()
         if state["service"] is not None:
-            state["service"].close()
+            await state["service"].aclose()
 
     app = FastAPI(
         title="tiergate",

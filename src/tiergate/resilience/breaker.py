@@ -94,6 +94,10 @@ class CircuitBreaker:
         """Call ``callback(name, new_state)`` on every transition."""
         self._on_change = callback
 
+    def trip(self) -> None:
+        """Open the breaker now (an operator draining a tier, or a test)."""
+        self._open(self._clock())
+
     def cancel(self) -> None:
         """A call ``allow()`` let through ended without a verdict: give its probe back."""
         if self._state == "half_open":
