@@ -10,14 +10,15 @@ import pytest
 
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
-    """A complete demo build: ``$TIERGATE_TEST_DEMO_DIR`` or ``~/.cache/tiergate/demo``.
+    """A complete demo build: ``$TIERGATE_TEST_DEMO_DIR`` or ``$TIERGATE_HOME/demo`` (default ``~/.cache/tiergate/demo``).
 
     The first build takes a few minutes (MPNet export and embedding); later sessions
     reuse it in about a second.
     """
-    from tiergate.demo.build import build_demo, default_demo_dir
+    from tiergate.config import tiergate_home
+    from tiergate.demo.build import build_demo
 
     env = os.environ.get("TIERGATE_TEST_DEMO_DIR")
-    target = Path(env) if env else default_demo_dir()
+    target = Path(env) if env else tiergate_home() / "demo"
     config = build_demo(target)
     return config.parent
