@@ -45,6 +45,7 @@ class LoadResult:
     server_latency_ms: list[float] = field(default_factory=list)
     costs: list[float] = field(default_factory=list)
     responses: list[tuple[int, bytes]] = field(default_factory=list)
+    status_latencies: list[tuple[int, float]] = field(default_factory=list)
 
 
 class _Conn:
@@ -121,6 +122,7 @@ async def run_load(
 
     def record(intended: float, status: int, payload: bytes) -> None:
         res.latencies_s.append(clock() - intended)
+        res.status_latencies.append((status, res.latencies_s[-1]))
         res.send_offsets_s.append(intended - start)
         res.statuses[status] += 1
         if keep_responses:
@@ -244,4 +246,11 @@ def summarize(res: LoadResult) -> dict[str, Any]:
         "degraded": dict(res.degraded),
         "cache": dict(res.caches),
         "mean_cost": float(np.mean(res.costs)) if res.costs else None,
+        "latency_ms_by_status": {
+            str(code): {
+                "p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
+            }
+            for code in sorted({c for c, _ in res.status_latencies})
+            if (v := np.asarray([t * 1000.0 for c, t in res.status_latencies if c == code])).size
+        },
     }  # fmt: skip
