@@ -51,12 +51,12 @@ def wrk(url: str, bodies: list[bytes], connections: int, seconds: int) -> dict[s
     if exe is None:
         return None
     lua = Path(tempfile.mkdtemp()) / "post.lua"
-    items = ",".join(json.dumps(b.decode()) for b in bodies[:200])
+    items = ",".join("[==[" + b.decode() + "]==]" for b in bodies[:200])
     lua.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f"local bodies = {{{items}}}\nlocal i = 0\n"
         "request = function()\n  i = i % #bodies + 1\n"
-        "  return wrk.format(nil, nil, nil, bodies[i])\nend\n"
+        "  return wrk.format('POST', nil, nil, bodies[i])\nend\n"
     )
     out = subprocess.run(
         [exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],

@@ -80,6 +80,9 @@ class OnnxSentenceEmbedder:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads must sleep, not spin: on a small machine spinning threads
+        # starve the event loop and the fast tier between calls.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(self._model_path), sess_options=opts, providers=["CPUExecutionProvider"]
