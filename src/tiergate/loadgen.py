@@ -25,6 +25,8 @@ import orjson
 
 __all__ = ["LoadResult", "run_load", "summarize"]
 
+_MAX_IDLE_S = 4.0  # below uvicorn's default 5 s keep-alive timeout
+
 
 @dataclass
 class LoadResult:
@@ -46,11 +48,14 @@ class LoadResult:
     costs: list[float] = field(default_factory=list)
     responses: list[tuple[int, bytes]] = field(default_factory=list)
     status_latencies: list[tuple[int, float]] = field(default_factory=list)
+    stale_retries: int = 0
 
 
 class _Conn:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
+        self.used = False
+        self.last_used = 0.0
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -58,6 +63,7 @@ class _Conn:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
+        self.used = True
         self.writer.write(head + body)
         status_line = await self.reader.readline()
         if not status_line:
@@ -84,6 +90,7 @@ class _Conn:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
+        self.used = False
 
 
 def _head(host: str, port: int, path: str, body: bytes) -> bytes:
@@ -133,19 +140,36 @@ async def run_load(
     async def one(i: int, intended: float) -> None:
         nonlocal n_conns
         conn = idle.pop() if idle else None
+        if conn is not None and clock() - conn.last_used > _MAX_IDLE_S:
+            conn.close()  # the server may have closed it (keep-alive timeout): start afresh
         if conn is None:
             n_conns += 1
             conn = _Conn(host, port)
         k = i % len(bodies)
-        try:
-            status, payload = await asyncio.wait_for(conn.request(heads[k], bodies[k]), timeout_s)
-        except (TimeoutError, OSError, ValueError, IndexError, asyncio.IncompleteReadError) as e:
-            conn.close()
-            res.transport_errors[type(e).__name__] += 1
+        for attempt in (0, 1):
+            reused = conn.used
+            try:
+                status, payload = await asyncio.wait_for(
+                    conn.request(heads[k], bodies[k]), timeout_s
+                )
+                break
+            except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as e:
+                conn.close()
+                # A kept-alive connection the server closed in the meantime: resend once on
+                # a new one, as HTTP clients do. A fresh connection failing is an error.
+                if reused and attempt == 0:
+                    res.stale_retries += 1
+                    continue
+                failure: BaseException = e
+            except (TimeoutError, OSError, ValueError, IndexError) as e:
+                conn.close()
+                failure = e
+            res.transport_errors[type(failure).__name__] += 1
             res.latencies_s.append(clock() - intended)
             res.send_offsets_s.append(intended - start)
             n_conns -= 1
             return
+        conn.last_used = clock()
         record(intended, status, payload)
         idle.append(conn)
 
@@ -242,6 +266,7 @@ def summarize(res: LoadResult) -> dict[str, Any]:
         "statuses": {str(k): v for k, v in sorted(res.statuses.items())},
         "errors_5xx": sum(c for s, c in res.statuses.items() if s >= 500),
         "transport_errors": dict(res.transport_errors),
+        "stale_connection_retries": res.stale_retries,
         "tiers": dict(res.tiers),
         "degraded": dict(res.degraded),
         "cache": dict(res.caches),

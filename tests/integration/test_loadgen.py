@@ -1,0 +1,60 @@
+"""The load generator behind `tiergate bench`, against a real server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tiergate.api import create_app
+from tiergate.config import load_config
+from tiergate.loadgen import run_load, summarize
+from tiergate.service import Service
+from tiergate.testing import serve_in_thread
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """
+service: lg
+tiers:
+  - name: only
+    model: {kind: callable, target: "tiergate.testing:keyword_sentiment", labels: [negative, positive]}
+    cost_per_call: 0.001
+"""
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    path: Path = tmp_path_factory.mktemp("lg") / "config.yaml"
+    path.write_text(CONFIG)
+    with serve_in_thread(create_app(Service.from_config(load_config(path)))) as base:
+        yield base + "/v1/predict"
+
+
+BODIES = [orjson.dumps({"input": f"great film {i}"}) for i in range(20)] + [b'{"input": 1}']
+
+
+async def test_open_loop_sends_on_schedule_and_counts_everything(url: str) -> None:
+    res = await run_load(url, BODIES, rate=200, duration_s=1.0)
+    s = summarize(res)
+    assert res.sent == 200 and s["completed"] == 200
+    assert s["statuses"] == {"200": 191, "422": 9}  # bodies cycle; every 21st is invalid
+    assert s["tiers"] == {"only": 191} and s["mean_cost"] == pytest.approx(0.001)
+    assert s["latency_ms"]["p50"] <= s["latency_ms"]["p99"] <= s["latency_ms"]["max"]
+    assert set(s["latency_ms_by_status"]) == {"200", "422"}
+    # Latency counts from the intended send time: offsets are on the 5 ms grid.
+    assert sorted(res.send_offsets_s)[:3] == pytest.approx([0.0, 0.005, 0.01], abs=1e-9)
+
+
+async def test_closed_loop_keeps_concurrency(url: str) -> None:
+    res = await run_load(url, BODIES[:20], concurrency=4, duration_s=0.5)
+    s = summarize(res)
+    assert s["completed"] == res.sent > 0 and s["statuses"] == {"200": res.sent}
+    assert not s["transport_errors"]
+
+
+async def test_needs_exactly_one_mode(url: str) -> None:
+    with pytest.raises(ValueError):
+        await run_load(url, BODIES, duration_s=0.1)
