@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,6 +53,19 @@ def _progress() -> Progress:
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
     )  # fmt: skip
+
+
+def _ticker(bar: Progress) -> Callable[[str, int, int], None]:
+    """A ``progress(name, done, total)`` callback drawing one bar per stage."""
+    tasks: dict[str, Any] = {}
+
+    def tick(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            label = name if " " in name else f"scoring {name}"
+            tasks[name] = bar.add_task(label, total=total)
+        bar.update(tasks[name], completed=done)
+
+    return tick
 
 
 @demo_app.command("build")
@@ -147,13 +161,7 @@ def calibrate(
         raise typer.Exit(2)
     try:
         with _progress() as bar:
-            tasks: dict[str, Any] = {}
-
-            def tick(name: str, done: int, total: int) -> None:
-                if name not in tasks:
-                    tasks[name] = bar.add_task(f"scoring {name}", total=total)
-                bar.update(tasks[name], completed=done)
-
+            tick = _ticker(bar)
             body = calibrate_config(
                 config, data, target_accuracy=target_accuracy, confidence=confidence,
                 out=target, progress=tick,
@@ -185,13 +193,7 @@ def evaluate(
 
     try:
         with _progress() as bar:
-            tasks: dict[str, Any] = {}
-
-            def tick(name: str, done: int, total: int) -> None:
-                if name not in tasks:
-                    tasks[name] = bar.add_task(f"scoring {name}", total=total)
-                bar.update(tasks[name], completed=done)
-
+            tick = _ticker(bar)
             rep = evaluate_config(config, data, report_dir=report, progress=tick)
     except TiergateError as exc:
         raise _fail(exc) from None
