@@ -26,6 +26,7 @@ arithmetic, so it is exactly zero at the two ends, where both routers coincide.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from tiergate.calibration import (
     reliability_table,
 )
 from tiergate.errors import ConfigError
+from tiergate.evaluation.cache_replay import replay_service, semantic_replay_config
 from tiergate.offline import DatasetScores, file_sha256, read_labelled, score_dataset
 from tiergate.tier import Tier
 
@@ -66,11 +68,18 @@ def evaluate_config(
     report_dir: Path,
     progress: Progress | None = None,
     seed: int = 0,
+    semantic_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a config on labelled data; write ``report.json``, ``report.html``, PNGs.
 
     ``progress(stage, done, total)`` is called with stages ``"score <tier>"``,
     ``"latency <tier>"`` and ``"report"``. ``seed`` picks the texts timed for latency.
+
+    With ``semantic_threshold`` or an enabled semantic cache in the config, a trace of
+    up to 1000 requests with repeats and paraphrases is also replayed with and without
+    the semantic cache (exact cache off; stage ``"semantic replay"``), in
+    ``report["semantic_cache"]`` (else ``None``); see
+    :mod:`tiergate.evaluation.cache_replay`.
     Returns the report (the body of ``report.json``).
     """
     from tiergate.config import load_config
@@ -82,13 +91,23 @@ def evaluate_config(
     if len(config.tiers) < 2:
         raise ConfigError(f"{config_path}: evaluate needs a cascade of at least two tiers")
     texts, labels = read_labelled(data_path)
-    service = Service.from_config(config, require_calibration=True)
+    replay_config = semantic_replay_config(config, semantic_threshold)
+    # The replay config differs only in its caches, which scoring does not use.
+    service = Service.from_config(replay_config or config, require_calibration=True)
     try:
         tiers = service.tiers
         scores = score_dataset(
             tiers, texts, labels, batch_size=_BATCH_SIZE, progress=_prefixed(progress, "score")
         )
         latency = [_batch1_latency(t, texts, seed, progress) for t in tiers]
+        semantic_cache = None
+        if replay_config is not None:
+            tick = None if progress is None else _prefixed(progress, "semantic")
+            replay = replay_service(
+                service, texts, labels, n=min(1000, len(texts)), seed=seed,
+                progress=None if tick is None else (lambda i, k: tick("replay", i, k)),
+            )  # fmt: skip
+            semantic_cache = asyncio.run(replay)
     finally:
         service.close()
     report: dict[str, Any] = {
@@ -101,6 +120,7 @@ def evaluate_config(
         "labels": list(scores.labels),
     }
     report.update(_analyse(tiers, scores, latency))
+    report["semantic_cache"] = semantic_cache
     if progress:
         progress("report", 0, 1)
     report["plots"] = write_plots(report, report_dir)
