@@ -187,6 +187,10 @@ def evaluate(
     config: Annotated[Path, typer.Argument(help="Service config (with its calibration).")],
     data: Annotated[Path, typer.Option(help="Labelled JSONL/CSV data.")],
     report: Annotated[Path, typer.Option(help="Report folder.")] = Path("report"),
+    semantic_threshold: Annotated[
+        float | None,
+        typer.Option(help="Replay a trace with a semantic cache at this similarity."),
+    ] = None,
 ) -> None:
     """Accuracy, escalation, cost and latency on labelled data, with baselines and plots."""
     from tiergate.evaluation import evaluate_config
@@ -194,7 +198,10 @@ def evaluate(
     try:
         with _progress() as bar:
             tick = _ticker(bar)
-            rep = evaluate_config(config, data, report_dir=report, progress=tick)
+            rep = evaluate_config(
+                config, data, report_dir=report, progress=tick,
+                semantic_threshold=semantic_threshold,
+            )  # fmt: skip
     except TiergateError as exc:
         raise _fail(exc) from None
     op = rep["operating_point"]
