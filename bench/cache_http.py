@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 import orjson
-import yaml
 
 from tiergate.bench import served
 from tiergate.config import tiergate_home
+from tiergate.demo import demo_config_dict, write_config
 from tiergate.loadgen import run_load, summarize
 from tiergate.offline import read_labelled
 from tiergate.testing import RedisServer, free_port
@@ -35,15 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def demo_config(demo: Path, out: Path, cache: dict[str, Any]) -> Path:
-    cfg = yaml.safe_load((demo / "config.yaml").read_text())
-    for tier in cfg["tiers"]:
-        for key in ("path", "tokenizer", "head"):
-            if key in tier["model"]:
-                tier["model"][key] = str(demo / tier["model"][key])
-    cfg["calibration"] = str(demo / cfg["calibration"])
-    cfg["cache"] = {"exact": cache}
-    out.write_text(yaml.safe_dump(cfg))
-    return out
+    return write_config({**demo_config_dict(demo), "cache": {"exact": cache}}, out)
 
 
 def wrk(url: str, bodies: list[bytes], connections: int, seconds: int) -> dict[str, Any] | None:

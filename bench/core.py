@@ -11,9 +11,7 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-import yaml
 
+from tiergate.bench import served
 from tiergate.calibration import cascade_outcome
 from tiergate.config import load_config, tiergate_home
+from tiergate.demo import demo_config_dict, write_config
 from tiergate.loadgen import run_load, summarize
 from tiergate.offline import read_labelled, score_dataset
 from tiergate.service import Service
@@ -49,33 +48,6 @@ def batch_throughput(fn: Any, texts: list[str], batch: int = 32, rounds: int = 1
     for r in range(rounds):
         fn(texts[r * batch : (r + 1) * batch])
     return batch * rounds / (time.perf_counter() - t0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(config: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tiergate", "serve", str(config), "--port", str(port),
-         "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    import httpx
-
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("server died while starting")
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not become ready")
 
 
 def fp32_vs_int8(demo: Path, test_texts: list[str], int8_acc: float) -> dict[str, Any]:
@@ -114,8 +86,8 @@ def fp32_vs_int8(demo: Path, test_texts: list[str], int8_acc: float) -> dict[str
     }
 
 
-def http_latency(port: int, texts: dict[str, list[str]], duration: float) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{port}/v1/predict"
+def http_latency(base: str, texts: dict[str, list[str]], duration: float) -> dict[str, Any]:
+    url = base + "/v1/predict"
     out: dict[str, Any] = {}
     for kind, items in texts.items():
         bodies = [orjson.dumps({"input": t}) for t in items]
@@ -188,27 +160,14 @@ def main() -> None:
     fast = service.tiers[0]
     direct = median_ms(lambda t: fast.predict_sync([t]), kept[:300])
     service.close()
-    port = free_port()
     # HTTP latency of the models, not of the exact cache (the load repeats inputs).
-    uncached = args.out.parent / ".core-config.yaml"
-    cfg = yaml.safe_load(config_path.read_text())
-    for tier in cfg["tiers"]:
-        for key in ("path", "tokenizer", "head"):
-            if key in tier["model"]:
-                tier["model"][key] = str(demo / tier["model"][key])
-    cfg["calibration"] = str(demo / cfg["calibration"])
-    cfg["cache"] = {"exact": {"enabled": False}}
-    uncached.write_text(yaml.safe_dump(cfg))
-    proc = start_server(uncached, port)
-    try:
+    cfg = {**demo_config_dict(demo), "cache": {"exact": {"enabled": False}}}
+    uncached = write_config(cfg, Path(tempfile.mkdtemp()) / "core.yaml")
+    with served(uncached) as base:
         print("HTTP load …", flush=True)
         http = http_latency(
-            port, {"non_escalated": kept, "escalated": escalated}, args.http_seconds
+            base, {"non_escalated": kept, "escalated": escalated}, args.http_seconds
         )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        uncached.unlink(missing_ok=True)
     result["http"] = http
     result["gateway_overhead"] = {
         "fast_tier_direct_batch1_median_ms": direct,

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
 from tiergate.bench import served
 from tiergate.config import tiergate_home
+from tiergate.demo import demo_config_dict, write_config
 from tiergate.loadgen import run_load, summarize
 from tiergate.offline import read_labelled
 
@@ -32,18 +32,12 @@ DEADLINE_MS = 300
 
 
 def config(demo: Path, out: Path, max_inflight: int | None) -> Path:
-    cfg = yaml.safe_load((demo / "config.yaml").read_text())
-    for tier in cfg["tiers"]:
-        for key in ("path", "tokenizer", "head"):
-            if key in tier["model"]:
-                tier["model"][key] = str(demo / tier["model"][key])
-    cfg["calibration"] = str(demo / cfg["calibration"])
+    cfg = demo_config_dict(demo)
     cfg["default_deadline_ms"] = DEADLINE_MS
     cfg["cache"] = {"exact": {"enabled": False}}  # measure the models, not the cache
     if max_inflight:
         cfg["admission"] = {"max_inflight": max_inflight}
-    out.write_text(yaml.safe_dump(cfg))
-    return out
+    return write_config(cfg, out)
 
 
 def run(base: str, bodies: list[bytes], rate: float, seconds: float) -> dict[str, Any]:

@@ -32,7 +32,6 @@ import platform
 import select
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,8 +51,10 @@ import yaml
 from tiergate.artifact import write_json_atomic
 from tiergate.bench import served
 from tiergate.config import tiergate_home
+from tiergate.demo import demo_config_dict
 from tiergate.loadgen import run_load, summarize
 from tiergate.offline import read_labelled
+from tiergate.testing import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -124,17 +125,10 @@ def _reap(pids: dict[int, int], grace_s: float = 10.0) -> list[int]:
 # ---------------------------------------------------------------- servers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def ray_served(demo: Path, *, ready_timeout_s: float = 300.0) -> Iterator[str]:
     """Start bench/_ray_app.py (Ray + Serve) in a subprocess; yield its predict URL."""
-    port = _free_port()
+    port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="vs_ray-ray-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "_ray_app.py"), "--port", str(port), "--demo", str(demo)],
@@ -172,14 +166,10 @@ def ray_served(demo: Path, *, ready_timeout_s: float = 300.0) -> Iterator[str]:
         log.close()
 
 
-def _abs_model(model: dict[str, Any], demo: Path) -> dict[str, Any]:
-    return {k: str(demo / v) if k in ("path", "tokenizer", "head") else v for k, v in model.items()}
-
-
 def write_configs(demo: Path, tmp: Path) -> dict[str, Path]:
     """tiergate configs: accurate tier alone, and the demo cascade; exact cache off."""
-    cfg = yaml.safe_load((demo / "config.yaml").read_text())
-    tiers = [{**t, "model": _abs_model(t["model"], demo)} for t in cfg["tiers"]]
+    cfg = demo_config_dict(demo)
+    tiers = cfg["tiers"]
     common = {"default_deadline_ms": 1000, "cache": {"exact": {"enabled": False}}}
     accurate = [t for t in tiers if t["name"] == "accurate"]
     if len(accurate) != 1 or accurate[0]["model"].get("kind") != "onnx-embedding-classifier":
@@ -187,8 +177,7 @@ def write_configs(demo: Path, tmp: Path) -> dict[str, Path]:
     configs = {
         "tiergate_accurate": {"service": f"{cfg['service']}-accurate", "tiers": accurate,
                               **common},
-        "tiergate_cascade": {**cfg, "tiers": tiers, "calibration": str(demo / cfg["calibration"]),
-                             **common},
+        "tiergate_cascade": {**cfg, **common},
     }  # fmt: skip
     paths = {}
     for name, body in configs.items():

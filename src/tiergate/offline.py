@@ -54,12 +54,11 @@ def read_labelled(path: Path) -> tuple[list[str], list[str]]:
     labels: list[str] = []
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
-            for i, row in enumerate(csv.DictReader(f), start=2):
+            for row in csv.DictReader(f):
                 if "input" not in row or "label" not in row:
                     raise ConfigError(f"{path}: CSV needs columns 'input' and 'label'")
                 texts.append(str(row["input"]))
                 labels.append(str(row["label"]))
-                del i
     else:
         with path.open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
@@ -151,11 +150,6 @@ def score_dataset(
     return DatasetScores(tuple(t.name for t in tiers), names, y, all_probs, cpu, lat)
 
 
-def tier_costs(config: ServiceConfig, tiers: Sequence[Tier]) -> list[float]:
-    """Configured cost per call, else the one the tier measured at load."""
-    return [t.cost_per_call for t in tiers]
-
-
 def calibrate_service(
     config: ServiceConfig,
     tiers: Sequence[Tier],
@@ -177,7 +171,7 @@ def calibrate_service(
         }
     if target_accuracy is None:
         target_accuracy = round(float(correct[-1].mean()) - 0.01, 4)
-    costs = tier_costs(config, tiers)
+    costs = [t.cost_per_call for t in tiers]  # configured, else measured at load
     ltt = learn_then_test(
         scores.confidences(temps),
         correct,

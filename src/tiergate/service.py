@@ -58,13 +58,6 @@ class Service:
         self.metrics = metrics or Metrics(config.service, [t.name for t in tiers])
         self.clock = clock
         self.guard = Guard(config.limits)
-        self.caches = CacheLayer.from_config(
-            config,
-            {t.name: t.version for t in self.tiers},
-            self.cascade_calibration_version(calibration),
-            self.metrics,
-            clock=clock,
-        )
         self.admission = Admission(
             config.admission.max_inflight, retry_after_s=config.admission.retry_after_s
         )
@@ -76,6 +69,13 @@ class Service:
                 best_so_far_on_deadline=config.fallback.on_deadline == "best_so_far",
             ),
             metrics=self.metrics,
+            clock=clock,
+        )
+        self.caches = CacheLayer.from_config(
+            config,
+            {t.name: t.version for t in self.tiers},
+            self.cascade.calibration_version,
+            self.metrics,
             clock=clock,
         )
         for t in self.tiers:
@@ -146,10 +146,6 @@ class Service:
             for t in tiers:
                 t.measure_cost(_COST_PROBE, config.pricing.cpu_second)
         return cls(config, tiers, calibration, clock=clock)
-
-    @staticmethod
-    def cascade_calibration_version(calibration: CalibrationArtifact | None) -> str | None:
-        return calibration.version if calibration else None
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -21,9 +21,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import yaml
 
 from tiergate.bench import served
+from tiergate.demo import demo_config_dict, write_config
 from tiergate.loadgen import run_load, summarize
 from tiergate.offline import read_labelled
 
@@ -47,20 +47,13 @@ ALLOWED_DEGRADED = {
 
 
 def chaos_config(demo: Path, tmp: Path, fault: dict[str, Any]) -> Path:
-    base = yaml.safe_load((demo / "config.yaml").read_text())
-    for tier in base["tiers"]:
-        for key in ("path", "tokenizer", "head"):
-            if key in tier["model"]:
-                tier["model"][key] = str(demo / tier["model"][key])
-    base["calibration"] = str(demo / base["calibration"])
+    base = demo_config_dict(demo)
     acc = base["tiers"][-1]
     acc["fault"] = fault
     acc["timeout_ms"] = 250
     acc["breaker"] = {"min_calls": 10, "window_s": 5, "cooldown_s": 0.5, "probes": 2}
     base["default_deadline_ms"] = DEADLINE_MS
-    path = tmp / "chaos.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return path
+    return write_config(base, tmp / "chaos.yaml")
 
 
 def metric(text: str, name: str, **labels: str) -> float:

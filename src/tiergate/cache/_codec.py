@@ -6,6 +6,7 @@ latency, and says where it came from in ``extra["cached_from"]``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -13,6 +14,9 @@ import orjson
 from tiergate.types import CacheKind, Result
 
 _FORMAT = 1
+
+
+_log = logging.getLogger("tiergate.cache")
 
 
 def cacheable(result: Result) -> bool:
@@ -67,3 +71,14 @@ def decode(
         calibration_version=d["v"],
         extra=extra,
     )
+
+
+def encode_for_store(result: Result) -> bytes | None:
+    """The stored bytes of ``result``, or ``None`` if it must not (or cannot) be cached."""
+    if not cacheable(result):
+        return None
+    try:
+        return encode(result)
+    except TypeError as exc:
+        _log.warning("not caching an answer whose extra fields are not JSON: %s", exc)
+        return None

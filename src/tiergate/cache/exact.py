@@ -17,7 +17,7 @@ import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from tiergate.cache._codec import cacheable, decode, encode
+from tiergate.cache._codec import decode, encode_for_store
 from tiergate.cache.metrics import CacheMetrics, NullCacheMetrics
 from tiergate.cache.store import CacheStore
 from tiergate.types import Result
@@ -131,17 +131,11 @@ class ExactCache:
 
     async def put_key(self, key: bytes, result: Result) -> bool:
         """Store ``result`` unless it is degraded, empty or itself a cache hit."""
-        ok = cacheable(result)
-        if ok:
-            try:
-                value = encode(result)
-            except TypeError as exc:
-                _log.warning("not caching an answer whose extra fields are not JSON: %s", exc)
-                ok = False
-            else:
-                await self.store.set(key, value, self.ttl_s)
-        self._metrics.stored(self.kind, ok)
-        return ok
+        value = encode_for_store(result)
+        if value is not None:
+            await self.store.set(key, value, self.ttl_s)
+        self._metrics.stored(self.kind, value is not None)
+        return value is not None
 
     async def put_many(self, texts: Sequence[str], results: Sequence[Result]) -> int:
         """Store every cacheable result; returns how many were stored."""

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tiergate.cache._codec import cacheable, decode, encode
+from tiergate.cache._codec import cacheable, decode, encode_for_store
 from tiergate.cache.audit import AuditPolicy, FalseHitMonitor
 from tiergate.cache.index import Embeddings, NumpyIndex, VectorIndex
 from tiergate.cache.metrics import CacheMetrics, NullCacheMetrics
@@ -147,30 +147,25 @@ class SemanticCache:
 
     async def put(self, text: str, result: Result, vector: Embeddings | None = None) -> bool:
         """Add ``result`` for ``text`` if it may be cached (not degraded, not a hit)."""
-        ok = cacheable(result)
-        if ok:
-            try:
-                value = encode(result)
-            except TypeError as exc:
-                _log.warning("not caching an answer whose extra fields are not JSON: %s", exc)
-                ok = False
-            else:
-                vec = (
-                    vector
-                    if vector is not None
-                    else await self._call(lambda: self.embedder.embed([text]))
-                )
-                add = self.index.add
-                vec32 = np.asarray(vec, dtype=np.float32)
-                # Offloaded too: the index lock may be held by a search in a worker thread.
-                evicted = (
-                    await asyncio.to_thread(add, vec32, [value])
-                    if self._offload
-                    else add(vec32, [value])
-                )
-                if evicted:
-                    self._metrics.eviction("semantic", evicted)
-                self._metrics.entries(self.kind, len(self.index))
+        value = encode_for_store(result)
+        ok = value is not None
+        if value is not None:
+            vec = (
+                vector
+                if vector is not None
+                else await self._call(lambda: self.embedder.embed([text]))
+            )
+            add = self.index.add
+            vec32 = np.asarray(vec, dtype=np.float32)
+            # Offloaded too: the index lock may be held by a search in a worker thread.
+            evicted = (
+                await asyncio.to_thread(add, vec32, [value])
+                if self._offload
+                else add(vec32, [value])
+            )
+            if evicted:
+                self._metrics.eviction("semantic", evicted)
+            self._metrics.entries(self.kind, len(self.index))
         self._metrics.stored(self.kind, ok)
         return ok
 
