@@ -369,7 +369,10 @@ def _is_built(target: Path) -> bool:
         return False
     if not isinstance(manifest, dict) or manifest.get("build_format") != BUILD_FORMAT:
         return False
-    return all((target / o).exists() for o in OUTPUTS)
+    current = all(
+        _recipe(target / f"steps/{step.key}.json") == _RECIPES.get(step.key, 1) for step in _STEPS
+    )
+    return current and all((target / o).exists() for o in OUTPUTS)
 
 
 def _remove_partials(target: Path) -> None:
