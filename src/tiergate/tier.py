@@ -23,21 +23,28 @@ __all__ = ["LatencyTracker", "Tier"]
 class LatencyTracker:
     """Recent latencies of a tier; ``expected()`` is a high quantile of them.
 
-    Used to decide whether a tier still fits a request's remaining deadline.
+    Used to decide whether a tier still fits a request's remaining deadline. The
+    quantile is recomputed after every ``refresh`` observations (every one while fewer
+    than ``refresh`` are known), not on every request: it is on the hot path.
     """
 
-    def __init__(self, window: int = 256, quantile: float = 0.9) -> None:
+    def __init__(self, window: int = 256, quantile: float = 0.9, refresh: int = 16) -> None:
         self._values: deque[float] = deque(maxlen=window)
         self._quantile = quantile
+        self._refresh = max(1, refresh)
+        self._unseen = 0
+        self._expected = 0.0
 
     def observe(self, seconds: float) -> None:
         self._values.append(seconds)
+        self._unseen += 1
 
     def expected(self) -> float:
         """Expected latency in seconds (0 until something was observed)."""
-        if not self._values:
-            return 0.0
-        return float(np.quantile(np.fromiter(self._values, float), self._quantile))
+        if self._unseen and (self._unseen >= self._refresh or len(self._values) <= self._refresh):
+            self._expected = float(np.quantile(np.fromiter(self._values, float), self._quantile))
+            self._unseen = 0
+        return self._expected
 
 
 class Tier:
