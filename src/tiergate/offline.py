@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from tiergate.calibration import (
     BoolArray,
     FloatArray,
     IntArray,
+    accuracy_lower_bound,
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
@@ -38,6 +40,7 @@ __all__ = [
     "DatasetScores",
     "calibrate_config",
     "calibrate_service",
+    "default_target",
     "read_labelled",
     "score_dataset",
 ]
@@ -150,6 +153,19 @@ def score_dataset(
     return DatasetScores(tuple(t.name for t in tiers), names, y, all_probs, cpu, lat)
 
 
+def default_target(last_tier_correct: BoolArray, confidence: float) -> float:
+    """One point under what the data certify for the last tier alone, in 0.1-point steps.
+
+    "Within a point of the accurate tier", stated as something the calibration set can
+    certify: a target of the last tier's *empirical* accuracy minus a point is usually
+    beyond a finite-sample bound (at n≈1900 the 95 % bound sits ~1.4 points under the
+    empirical accuracy), and a target just under the bound leaves the cascade no room.
+    """
+    ok = np.asarray(last_tier_correct, dtype=bool)
+    bound = accuracy_lower_bound(int(ok.sum()), len(ok), 1.0 - confidence)
+    return math.floor((bound - 0.01) * 1000) / 1000
+
+
 def calibrate_service(
     config: ServiceConfig,
     tiers: Sequence[Tier],
@@ -170,7 +186,7 @@ def calibrate_service(
             "accuracy": float(ok.mean()),
         }
     if target_accuracy is None:
-        target_accuracy = round(float(correct[-1].mean()) - 0.01, 4)
+        target_accuracy = default_target(correct[-1], confidence)
     costs = [t.cost_per_call for t in tiers]  # configured, else measured at load
     ltt = learn_then_test(
         scores.confidences(temps),

@@ -128,3 +128,15 @@ def test_guarantee_holds_over_redraws_of_calibration_data() -> None:
     tol = 3 * np.sqrt(confidence * (1 - confidence) / runs)
     assert refused < runs // 4, "the study must mostly deploy thresholds to test anything"
     assert hits / runs >= confidence - tol
+
+
+def test_default_target_is_a_point_under_the_last_tiers_certified_accuracy() -> None:
+    from tiergate.offline import default_target
+
+    correct = np.array([True] * 1620 + [False] * 293)  # 84.7 % of 1,913
+    bound = accuracy_lower_bound(1620, 1913, 0.05)
+    target = default_target(correct, 0.95)
+    assert bound - 0.011 < target <= bound - 0.01
+    assert round(target * 1000) == target * 1000  # 0.1-point steps
+    # always leaves the all-escalate hypothesis certifiable
+    assert binomial_pvalue(293, 1913, 1 - target) <= 0.05

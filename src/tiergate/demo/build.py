@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import math
 import platform
 import random
 import shutil
@@ -38,7 +37,7 @@ from tokenizers import Tokenizer
 from tiergate.demo._io import atomic_path, write_json, write_text
 from tiergate.demo.data import SPLIT_NAMES, read_jsonl, write_demo_splits
 from tiergate.demo.train import embed_corpus, measure_latency, train_fast, train_head
-from tiergate.errors import CalibrationError, ConfigError
+from tiergate.errors import ConfigError
 from tiergate.models.hashing import file_digest
 from tiergate.models.onnx import OnnxEmbeddingClassifier, OnnxSentenceEmbedder
 
@@ -53,7 +52,7 @@ __all__ = [
 
 BUILD_FORMAT = 3
 # Bump a step's recipe when its code changes: caches of older recipes are rebuilt.
-_RECIPES = {"fast": 2, "export": 2, "accurate": 2, "config": 2}
+_RECIPES = {"fast": 2, "export": 2, "accurate": 2, "calibrate": 2, "config": 2}
 SMOOTHING_TEXTS = 256  # training texts that set the int8 smoothing scales
 CONFIG_NAME = "config.yaml"
 MANIFEST_NAME = "manifest.json"
@@ -229,23 +228,9 @@ def _step_accurate(b: _Build) -> dict[str, Any]:
     }
 
 
-def _calibrate(
-    b: _Build, config: Path, target: float | None, progress: Callable[[str, int, int], None]
-) -> dict[str, Any]:
+def _step_calibrate(b: _Build) -> dict[str, Any]:
     from tiergate.offline import calibrate_config
 
-    body: dict[str, Any] = calibrate_config(
-        config,
-        b.path("data/calibration.jsonl"),
-        target_accuracy=target,
-        confidence=0.95,
-        out=b.path("calibration.json"),
-        progress=progress,
-    )
-    return body
-
-
-def _step_calibrate(b: _Build) -> dict[str, Any]:
     tiers = ("fast", "accurate")  # as in _CONFIG_HEAD
     done_by_tier: dict[str, int] = {}
 
@@ -258,24 +243,16 @@ def _step_calibrate(b: _Build) -> dict[str, Any]:
 
     draft = b.path(".calibrate-config.yaml")
     write_text(draft, _CONFIG_HEAD)
-    note = None
     try:
-        try:
-            body = _calibrate(b, draft, None, progress)
-        except CalibrationError as exc:
-            # The default target (accurate tier minus one point) can sit inside the
-            # finite-sample margin (~1.5 points at n≈1900): fall back to what the
-            # calibration split can certify, rounded down to a whole point.
-            best = float(exc.fields.get("best_lower_bound", 0.0))
-            if best < 0.5:
-                raise
-            target = math.floor(best * 100) / 100
-            note = f"default target infeasible ({exc.message}); used {target:.2f}"
-            body = _calibrate(b, draft, target, progress)
+        # Default target: one point under the accurate tier's certified accuracy.
+        body = calibrate_config(
+            draft, b.path("data/calibration.jsonl"), target_accuracy=None, confidence=0.95,
+            out=b.path("calibration.json"), progress=progress,
+        )  # fmt: skip
     finally:
         draft.unlink(missing_ok=True)
     keys = ("version", "method", "target_accuracy", "confidence", "thresholds", "achieved")
-    return {**{k: body[k] for k in keys if k in body}, "note": note}
+    return {k: body[k] for k in keys if k in body}
 
 
 def _step_config(b: _Build) -> dict[str, Any]:
