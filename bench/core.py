@@ -51,13 +51,15 @@ def batch_throughput(fn: Any, texts: list[str], batch: int = 32, rounds: int = 1
 
 
 def fp32_vs_int8(demo: Path, test_texts: list[str], int8_acc: float) -> dict[str, Any]:
-    """Same pipeline with the fp32 encoder: its own head, accuracy and batch-1 latency."""
-    import joblib
-    from sklearn.base import clone
+    """The same recipe with the fp32 encoder: its own head (C by CV on train), accuracy and
+    batch-1 latency; plus both encoders' test accuracy at every C of the grid, so the
+    comparison does not hinge on one hyper-parameter."""
+    from sklearn.linear_model import LogisticRegression
 
+    from tiergate.demo.train import HEAD_CS, embed_corpus, train_head
     from tiergate.models.onnx import OnnxSentenceEmbedder
 
-    train_texts, train_labels = read_labelled(demo / "data" / "train.jsonl")
+    _, train_labels = read_labelled(demo / "data" / "train.jsonl")
     _, test_labels = read_labelled(demo / "data" / "test.jsonl")
     fp32 = OnnxSentenceEmbedder(demo / "mpnet-fp32.onnx", demo / "tokenizer.json")
     int8 = OnnxSentenceEmbedder(demo / "mpnet-int8.onnx", demo / "tokenizer.json")
@@ -66,23 +68,31 @@ def fp32_vs_int8(demo: Path, test_texts: list[str], int8_acc: float) -> dict[str
         z = np.load(cache)
         x_train, x_test = z["train"], z["test"]
     else:
-        emb = [fp32.embed(train_texts[i : i + 64]) for i in range(0, len(train_texts), 64)]
-        x_train = np.concatenate(emb)
-        emb = [fp32.embed(test_texts[i : i + 64]) for i in range(0, len(test_texts), 64)]
-        x_test = np.concatenate(emb)
+        x_train = embed_corpus(fp32, read_labelled(demo / "data" / "train.jsonl")[0])
+        x_test = embed_corpus(fp32, test_texts)
         np.savez(cache, train=x_train, test=x_test)
-    head = clone(joblib.load(demo / "accurate-head.joblib")).fit(x_train, train_labels)
+    head, choice = train_head((x_train, train_labels))
     fp32_acc = float(np.mean(head.predict(x_test) == np.asarray(test_labels)))
+    with np.load(demo / "embeddings-int8.npz") as z:
+        i_train, i_test = z["train"], z["test"]
+    by_c = {}
+    for c in HEAD_CS:
+        accs = {}
+        for name, (xtr, xte) in {"fp32": (x_train, x_test), "int8": (i_train, i_test)}.items():
+            lr = LogisticRegression(C=c, max_iter=5000).fit(xtr, train_labels)
+            accs[name] = float(lr.score(xte, test_labels))
+        by_c[str(c)] = {**accs, "loss_points": (accs["fp32"] - accs["int8"]) * 100}
     sample = test_texts[:200]
     lat_fp32 = median_ms(lambda t: fp32.embed([t]), sample)
     lat_int8 = median_ms(lambda t: int8.embed([t]), sample)
     cos = float(np.mean(np.sum(fp32.embed(sample[:64]) * int8.embed(sample[:64]), axis=1)))
     return {
-        "fp32": {"test_accuracy": fp32_acc, "batch1_median_ms": lat_fp32},
+        "fp32": {"test_accuracy": fp32_acc, "head_C": choice["C"], "batch1_median_ms": lat_fp32},
         "int8": {"test_accuracy": int8_acc, "batch1_median_ms": lat_int8},
         "speedup_batch1": lat_fp32 / lat_int8,
         "accuracy_loss_points": (fp32_acc - int8_acc) * 100,
         "mean_cosine_int8_vs_fp32": cos,
+        "test_accuracy_by_head_C": by_c,
     }
 
 
