@@ -129,9 +129,10 @@ class CacheLayer:
             fresh = await compute([texts[i] for i in todo])
             for i, r in zip(todo, fresh, strict=True):
                 results[i] = r
-                if self.exact is not None:
-                    await self.exact.put(texts[i], r)
-                if self.semantic is not None:
+            if self.exact is not None:
+                await self.exact.put_many([texts[i] for i in todo], fresh)
+            if self.semantic is not None:
+                for i, r in zip(todo, fresh, strict=True):
                     await self.semantic.put(texts[i], r, vectors.get(i))
         return [r for r in results if r is not None]
 

@@ -75,6 +75,13 @@ async def test_get_many_keeps_order_and_misses(store: CacheStore) -> None:
     assert await store.get_many([]) == []
 
 
+async def test_set_many_writes_every_item(store: CacheStore) -> None:
+    await store.set(b"b", b"old")
+    await store.set_many([(b"a", b"1"), (b"b", b"2"), (b"c", b"\x00\xff")], ttl_s=3600)
+    await store.set_many([])
+    assert await store.get_many([b"a", b"b", b"c"]) == [b"1", b"2", b"\x00\xff"]
+
+
 async def test_ttl_is_accepted(store: CacheStore) -> None:
     await store.set(b"t", b"v", ttl_s=3600)
     assert await store.get(b"t") == b"v"
@@ -184,6 +191,10 @@ async def test_unreachable_redis_never_raises() -> None:
     await store.delete(b"k")
     assert not await store.ping()
     await store.close()
+    fresh = RedisStore(f"redis://127.0.0.1:{free_port()}/0", clock=ManualClock())
+    await fresh.set_many([(b"a", b"1"), (b"b", b"2")])  # the pipeline fails: dropped, no raise
+    assert fresh.errors == 1 and not fresh.available
+    await fresh.close()
 
 
 @needs_redis

@@ -138,11 +138,16 @@ class ExactCache:
         return value is not None
 
     async def put_many(self, texts: Sequence[str], results: Sequence[Result]) -> int:
-        """Store every cacheable result; returns how many were stored."""
-        stored = 0
+        """Store every cacheable result in one store call; returns how many were stored."""
+        items: list[tuple[bytes, bytes]] = []
         for text, result in zip(texts, results, strict=True):
-            stored += await self.put(text, result)
-        return stored
+            value = encode_for_store(result)
+            self._metrics.stored(self.kind, value is not None)
+            if value is not None:
+                items.append((self.key(text), value))
+        if items:
+            await self.store.set_many(items, self.ttl_s)
+        return len(items)
 
     async def get_or_compute(self, text: str, compute: Callable[[], Awaitable[Result]]) -> Result:
         """The cached answer, else ``await compute()`` (stored if cacheable).

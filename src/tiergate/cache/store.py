@@ -37,6 +37,10 @@ class CacheStore(Protocol):
 
     async def set(self, key: bytes, value: bytes, ttl_s: float | None = None) -> None: ...
 
+    async def set_many(
+        self, items: Sequence[tuple[bytes, bytes]], ttl_s: float | None = None
+    ) -> None: ...
+
     async def delete(self, key: bytes) -> None: ...
 
     async def close(self) -> None: ...
@@ -99,6 +103,12 @@ class MemoryStore:
         ttl = ttl_s if ttl_s is not None else self.default_ttl_s
         self._data[key] = (value, float("inf") if ttl is None else ttl)
 
+    async def set_many(
+        self, items: Sequence[tuple[bytes, bytes]], ttl_s: float | None = None
+    ) -> None:
+        for key, value in items:
+            await self.set(key, value, ttl_s)
+
     async def delete(self, key: bytes) -> None:
         self._data.pop(key, None)
 
@@ -139,6 +149,12 @@ class LayeredStore:
     async def set(self, key: bytes, value: bytes, ttl_s: float | None = None) -> None:
         await self.near.set(key, value, self._ttl(ttl_s))
         await self.far.set(key, value, ttl_s)
+
+    async def set_many(
+        self, items: Sequence[tuple[bytes, bytes]], ttl_s: float | None = None
+    ) -> None:
+        await self.near.set_many(items, self._ttl(ttl_s))
+        await self.far.set_many(items, ttl_s)
 
     async def delete(self, key: bytes) -> None:
         await self.near.delete(key)
@@ -296,6 +312,23 @@ class RedisStore:
         ttl = ttl_s if ttl_s is not None else self.default_ttl_s
         px = None if ttl is None else max(1, int(ttl * 1000))
         await self._run("set", lambda c: c.set(self._k(key), value, px=px), None)
+
+    async def set_many(
+        self, items: Sequence[tuple[bytes, bytes]], ttl_s: float | None = None
+    ) -> None:
+        """All items in one round trip (a non-transactional pipeline)."""
+        if not items:
+            return
+        ttl = ttl_s if ttl_s is not None else self.default_ttl_s
+        px = None if ttl is None else max(1, int(ttl * 1000))
+
+        async def pipelined(client: Any) -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                for key, value in items:
+                    pipe.set(self._k(key), value, px=px)
+                await pipe.execute()
+
+        await self._run("set_many", pipelined, None)
 
     async def delete(self, key: bytes) -> None:
         await self._run("delete", lambda c: c.delete(self._k(key)), None)
