@@ -3,7 +3,8 @@
 Policy (greedy dynamic batching): when the tier's worker is idle a request is
 dispatched at once, so a lone request waits for nothing; while a batch runs, new
 requests queue, and the next batch takes everything queued (up to ``max_batch``
-inputs). Batch size therefore grows with load, exactly when it pays. An optional
+inputs, and no more than the online latency model says can finish before the earliest
+deadline among them). Batch size therefore grows with load, exactly when it pays. An optional
 ``max_wait`` holds a non-full batch a little longer for more company, but never past
 the point where the batch, by the online latency model ``a + b·n``, would finish after
 the earliest deadline in it. Requests whose deadline has passed, or whose caller gave
@@ -13,6 +14,7 @@ up, are dropped before they reach the model.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -118,26 +120,38 @@ class MicroBatcher:
         return await item.future
 
     def _take(self) -> list[_Item]:
+        # FIFO up to max_batch inputs, and never so many that the batch, by the latency
+        # model, would finish after the earliest deadline in it: the rest waits for the
+        # next batch instead of making this one late for everybody.
         batch: list[_Item] = []
         size = 0
         now = self._clock()
+        earliest = math.inf
         while self._queue:
             item = self._queue[0]
-            if batch and size + len(item.texts) > self.max_batch:
-                break
-            self._queue.popleft()
-            self._queued_inputs -= len(item.texts)
             if item.future.done():  # the caller timed out or was cancelled
+                self._pop()
                 continue
             if item.deadline is not None and now >= item.deadline:
+                self._pop()
                 self.dropped_expired += 1
                 item.future.set_exception(
                     DeadlineExceededError(f"deadline passed while queued for {self.name!r}")
                 )
                 continue
+            n = len(item.texts)
+            due = min(earliest, math.inf if item.deadline is None else item.deadline)
+            if batch and (size + n > self.max_batch or now + self.latency.predict(size + n) > due):
+                break
+            self._pop()
             batch.append(item)
-            size += len(item.texts)
+            size += n
+            earliest = due
         return batch
+
+    def _pop(self) -> None:
+        item = self._queue.popleft()
+        self._queued_inputs -= len(item.texts)
 
     async def _hold(self) -> None:
         # Wait for company only while a fuller batch still meets the earliest deadline.

@@ -82,6 +82,24 @@ async def test_expired_and_abandoned_requests_never_reach_the_model() -> None:
     assert b.dropped_expired == 1
 
 
+async def test_a_batch_is_cut_where_it_would_finish_after_its_earliest_deadline() -> None:
+    clock = ManualClock()
+    model = GatedModel()
+    b = MicroBatcher(model, max_batch=32, clock=clock)
+    for n in (1, 2, 4, 8) * 3:
+        b.latency.observe(n, 0.010 * n)  # this model costs 10 ms per input
+    blocker = asyncio.create_task(b.submit(["x"]))
+    await settle()
+    tight = [asyncio.create_task(b.submit([f"t{i}"], deadline=clock() + 0.035)) for i in range(5)]
+    loose = asyncio.create_task(b.submit(["free"]))  # no deadline: rides in a later batch
+    await settle()
+    model.gate.set()
+    await asyncio.gather(blocker, *tight, loose)
+    # 3 inputs take ~30 ms and meet the 35 ms deadline; a 4th would not, so it waits.
+    assert model.calls[1] == ["t0", "t1", "t2"]
+    assert model.calls[2] == ["t3", "t4", "free"]
+
+
 async def test_model_error_reaches_every_caller_in_the_batch() -> None:
     model = GatedModel()
     model.fail = ValueError("boom")
