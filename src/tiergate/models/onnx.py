@@ -87,7 +87,7 @@ class OnnxSentenceEmbedder:
 
     Dynamically quantised (int8) models are batch-dependent: activations share one
     quantisation scale per call, so a text's embedding would change with its batch-mates
-    (for the demo's smoothed MPNet, cosine to itself as low as 0.94). The constructor
+    (for the demo's smoothed MPNet, cosine to itself as low as 0.95). The constructor
     detects this and then runs each text alone (``row_by_row``): results become
     batch-invariant, which caches and reproducibility need. Pass ``row_by_row`` to skip
     the detection.
