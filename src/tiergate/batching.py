@@ -25,7 +25,7 @@ import numpy as np
 from tiergate.errors import DeadlineExceededError, OverloadError
 from tiergate.models.base import Probabilities
 
-__all__ = ["BatchLatencyModel", "MicroBatcher"]
+__all__ = ["AimdLimit", "BatchLatencyModel", "MicroBatcher"]
 
 
 class BatchLatencyModel:
@@ -50,6 +50,41 @@ class BatchLatencyModel:
         return float(max(a, 0.0) + max(b, 0.0) * n)
 
 
+class AimdLimit:
+    """Clipper's batch-size control: additive increase, multiplicative decrease.
+
+    After a batch that reached the current limit and finished within ``target_s`` the
+    limit grows by ``step``; after one that took longer it shrinks by ``backoff``. It
+    never leaves ``[1, max_batch]``. The alternative to the deadline cut of
+    :class:`MicroBatcher`; ``bench/batching_served.py`` compares the two.
+    """
+
+    def __init__(
+        self, max_batch: int, target_s: float, *, step: float = 1.0, backoff: float = 0.9
+    ) -> None:
+        if target_s <= 0 or step <= 0 or not 0 < backoff < 1:
+            raise ValueError("target_s > 0, step > 0, 0 < backoff < 1")
+        self.max_batch = max_batch
+        self.target_s = target_s
+        self.step = step
+        self.backoff = backoff
+        self._limit = 1.0
+
+    def __repr__(self) -> str:
+        return f"AimdLimit(limit={self.limit}, target_s={self.target_s})"
+
+    @property
+    def limit(self) -> int:
+        """Most inputs the next batch may take."""
+        return max(1, min(self.max_batch, int(self._limit)))
+
+    def observe(self, n: int, seconds: float) -> None:
+        if seconds > self.target_s:
+            self._limit = max(1.0, self._limit * self.backoff)
+        elif n >= self.limit:
+            self._limit = min(float(self.max_batch), self._limit + self.step)
+
+
 @dataclass
 class _Item:
     texts: Sequence[str]
@@ -69,11 +104,14 @@ class MicroBatcher:
         max_wait_s: float = 0.0,
         max_queue: int = 1024,
         name: str = "tier",
+        aimd_target_s: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if max_batch < 1 or max_wait_s < 0 or max_queue < 1:
             raise ValueError("max_batch >= 1, max_wait_s >= 0, max_queue >= 1")
+        # With an AIMD target the batch size follows AimdLimit instead of the deadline cut.
+        self.aimd = None if aimd_target_s is None else AimdLimit(max_batch, aimd_target_s)
         self._run = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -122,7 +160,8 @@ class MicroBatcher:
     def _take(self) -> list[_Item]:
         # FIFO up to max_batch inputs, and never so many that the batch, by the latency
         # model, would finish after the earliest deadline in it: the rest waits for the
-        # next batch instead of making this one late for everybody.
+        # next batch instead of making this one late for everybody. (Policy "aimd": up to
+        # the AIMD limit, deadlines aside.)
         batch: list[_Item] = []
         size = 0
         now = self._clock()
@@ -141,7 +180,11 @@ class MicroBatcher:
                 continue
             n = len(item.texts)
             due = min(earliest, math.inf if item.deadline is None else item.deadline)
-            if batch and (size + n > self.max_batch or now + self.latency.predict(size + n) > due):
+            if self.aimd is not None:
+                too_big = size + n > self.aimd.limit
+            else:
+                too_big = size + n > self.max_batch or now + self.latency.predict(size + n) > due
+            if batch and too_big:
                 break
             self._pop()
             batch.append(item)
@@ -186,7 +229,10 @@ class MicroBatcher:
                         if not item.future.done():
                             item.future.set_exception(exc)
                     continue
-                self.latency.observe(len(texts), self._clock() - t0)
+                elapsed = self._clock() - t0
+                self.latency.observe(len(texts), elapsed)
+                if self.aimd is not None:
+                    self.aimd.observe(len(texts), elapsed)
                 self.batch_sizes.append(len(texts))
                 start = 0
                 for item in batch:

@@ -118,6 +118,15 @@ class BatchingConfig(_Frozen):
     max_queue: int = Field(
         1024, ge=1, description="Most inputs waiting for this tier; beyond it, shed (429)."
     )
+    policy: Literal["deadline", "aimd"] = Field(
+        "deadline",
+        description="How big a batch may grow: 'deadline' (the online latency model keeps "
+        "every batch within its earliest deadline) or 'aimd' (Clipper: +1 after a full "
+        "batch within aimd_target_ms, x0.9 after a slower one).",
+    )
+    aimd_target_ms: float = Field(
+        100.0, gt=0, le=60_000, description="Batch latency objective of the 'aimd' policy."
+    )
 
 
 class BreakerConfig(_Frozen):

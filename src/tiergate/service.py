@@ -134,6 +134,11 @@ class Service:
                     max_batch=tc.batching.max_batch,
                     max_wait_s=tc.batching.max_wait_ms / 1000.0,
                     max_queue=tc.batching.max_queue,
+                    aimd_target_s=(
+                        tc.batching.aimd_target_ms / 1000.0
+                        if tc.batching.policy == "aimd"
+                        else None
+                    ),
                     breaker=BreakerPolicy(**tc.breaker.model_dump()),
                     max_retries=tc.retry.max_retries,
                     retry_budget=RetryBudget(tc.retry.budget_ratio, tc.retry.budget_burst),

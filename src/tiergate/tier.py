@@ -66,6 +66,7 @@ class Tier:
         max_batch: int = 32,
         max_wait_s: float = 0.0,
         max_queue: int = 1024,
+        aimd_target_s: float | None = None,
         breaker: BreakerPolicy | None = None,
         max_retries: int = 1,
         retry_budget: RetryBudget | None = None,
@@ -94,6 +95,7 @@ class Tier:
             max_wait_s=max_wait_s,
             max_queue=max_queue,
             name=name,
+            aimd_target_s=aimd_target_s,
             clock=clock,
         )
 

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from tiergate.batching import BatchLatencyModel, MicroBatcher
+from tiergate.batching import AimdLimit, BatchLatencyModel, MicroBatcher
 from tiergate.errors import DeadlineExceededError, OverloadError
 from tiergate.testing import ManualClock
 
@@ -149,3 +149,38 @@ def test_latency_model_learns_affine_cost() -> None:
     for n in (1, 4, 8, 16, 32) * 5:
         m.observe(n, 0.002 + 0.0005 * n)
     assert m.predict(64) == pytest.approx(0.002 + 0.0005 * 64, rel=1e-3)
+
+
+def test_aimd_grows_after_full_fast_batches_and_backs_off_after_slow_ones() -> None:
+    aimd = AimdLimit(max_batch=8, target_s=0.1)
+    assert aimd.limit == 1
+    for _ in range(3):
+        aimd.observe(aimd.limit, 0.05)  # full and within target: +1 each
+    assert aimd.limit == 4
+    aimd.observe(2, 0.05)  # not full: no evidence that a bigger batch fits
+    assert aimd.limit == 4
+    aimd.observe(4, 0.2)  # too slow: x0.9
+    assert aimd.limit == 3  # int(3.6)
+    for _ in range(20):
+        aimd.observe(aimd.limit, 0.01)
+    assert aimd.limit == 8  # capped at max_batch
+    for _ in range(40):
+        aimd.observe(1, 1.0)
+    assert aimd.limit == 1  # never below one
+    with pytest.raises(ValueError):
+        AimdLimit(8, 0.1, backoff=1.0)
+
+
+async def test_aimd_policy_caps_batches_by_its_limit_not_by_deadlines() -> None:
+    clock = ManualClock()
+    model = GatedModel()
+    b = MicroBatcher(model, max_batch=32, clock=clock, aimd_target_s=0.1)
+    assert b.aimd is not None and b.aimd.limit == 1
+    blocker = asyncio.create_task(b.submit(["x"]))
+    await settle()
+    rest = [asyncio.create_task(b.submit([t])) for t in "abc"]
+    await settle()
+    model.gate.set()
+    await asyncio.gather(blocker, *rest)
+    # limit 1 -> the full, instant first batch raises it to 2, then 3
+    assert model.calls == [["x"], ["a", "b"], ["c"]]

@@ -54,6 +54,10 @@ def test_good_config_resolves_paths_relative_to_file(cfg_dir: Path) -> None:
         (lambda s: s.replace("model.joblib", "missing.joblib"), "file not found"),
         (lambda s: s.replace("threshold: 0.8", "threshold: 1.5"), "tiers.0.threshold"),
         (
+            lambda s: s.replace("threshold: 0.8", "threshold: 0.8\n    batching: {policy: lifo}"),
+            "tiers.0.batching.policy",
+        ),
+        (
             lambda s: s.replace("kind: sklearn", "kind: pytorch"),
             "does not match any of the expected tags",
         ),
