@@ -68,6 +68,7 @@ def main() -> None:
             lat = s["latency_ms"]
             steps.append({"rate": rate, "ok": ok, "p50": lat["p50"], "p99": lat["p99"],
                           "degraded_share": s["degraded_share"], "statuses": s["statuses"],
+                          "error_reasons": s["error_reasons"],
                           "throughput": s["throughput_rps"]})  # fmt: skip
             print(steps[-1], flush=True)
             if not ok:
@@ -94,6 +95,7 @@ def main() -> None:
             "shed_p99_ms": by.get("429", {}).get("p99"),
             "degraded": s["degraded"],
             "errors_5xx": s["errors_5xx"],
+            "error_reasons": s["error_reasons"],
             "transport_errors": s["transport_errors"],
         },
     }

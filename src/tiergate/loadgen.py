@@ -39,6 +39,7 @@ class LoadResult:
     degraded: Counter[str] = field(default_factory=Counter)
     caches: Counter[str] = field(default_factory=Counter)
     transport_errors: Counter[str] = field(default_factory=Counter)
+    error_reasons: Counter[str] = field(default_factory=Counter)  # 5xx: "status type reason"
     duration_s: float = 0.0
     sent: int = 0
     mode: str = ""
@@ -136,6 +137,8 @@ async def run_load(
             res.responses.append((status, payload))
         if status == 200 and payload:
             _count(res, payload)
+        elif status >= 500 and payload:
+            res.error_reasons[_error_reason(status, payload)] += 1
 
     async def one(i: int, intended: float) -> None:
         nonlocal n_conns
@@ -226,6 +229,19 @@ async def run_load(
     return res
 
 
+def _error_reason(status: int, payload: bytes) -> str:
+    """``"504 deadline_exceeded deadline path=fast"`` from a tiergate error body."""
+    try:
+        err = orjson.loads(payload).get("error", {})
+    except (orjson.JSONDecodeError, AttributeError):
+        return f"{status} unparsed"
+    if not isinstance(err, dict):
+        return f"{status} unparsed"
+    path = err.get("path")
+    where = f" path={'>'.join(map(str, path)) or '-'}" if isinstance(path, list) else ""
+    return f"{status} {err.get('type', '?')} {err.get('reason', '-')}{where}"
+
+
 def _count(res: LoadResult, payload: bytes) -> None:
     try:
         body = orjson.loads(payload)
@@ -266,6 +282,7 @@ def summarize(res: LoadResult) -> dict[str, Any]:
         "statuses": {str(k): v for k, v in sorted(res.statuses.items())},
         "errors_5xx": sum(c for s, c in res.statuses.items() if s >= 500),
         "transport_errors": dict(res.transport_errors),
+        "error_reasons": dict(res.error_reasons),
         "stale_connection_retries": res.stale_retries,
         "tiers": dict(res.tiers),
         "degraded": dict(res.degraded),

@@ -61,3 +61,15 @@ async def test_closed_loop_keeps_concurrency(url: str) -> None:
 async def test_needs_exactly_one_mode(url: str) -> None:
     with pytest.raises(ValueError):
         await run_load(url, BODIES, duration_s=0.1)
+
+
+async def test_server_errors_are_counted_by_reason(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG + "    fault: {error_rate: 1.0}\n    retry: {max_retries: 0}\n")
+    with serve_in_thread(create_app(Service.from_config(load_config(path)))) as base:
+        res = await run_load(base + "/v1/predict", BODIES[:5], rate=50, duration_s=0.2)
+    s = summarize(res)
+    assert s["errors_5xx"] == res.sent == 10
+    assert sum(s["error_reasons"].values()) == 10
+    # every failure names its status, error type, reason and the tiers tried
+    assert all(k.split()[0].startswith("5") and "only" in k for k in s["error_reasons"]), s
