@@ -211,19 +211,31 @@ class Service:
             (r,) = await self.cascade.run([text], self.clock() + _AUDIT_DEADLINE_S)
             return r
 
+        # A request waiting on an identical in-flight one still keeps its deadline.
+        # The cascade answers by the deadline itself (with its best answer so far); this
+        # outer bound is only a safety net for a cascade that hangs. On a saturated event
+        # loop the cascade's own deadline and this one can come due in the same loop
+        # turn, so a late cascade gets a second grace period to deliver the answer it
+        # already has before it is given up (a late answer beats a 504).
+        grace = _GRACE_S + 0.1 * (deadline - start)
+        work = asyncio.ensure_future(self.caches.get_or_compute(text, compute, audit))
         try:
-            # A request waiting on an identical in-flight one still keeps its deadline.
-            # The cascade answers by the deadline itself (with its best answer so far);
-            # this outer bound is only a safety net, so it must never fire first.
-            grace = _GRACE_S + 0.1 * (deadline - start)
-            async with asyncio.timeout(max(deadline - self.clock(), 0.0) + grace):
-                result = await self.caches.get_or_compute(text, compute, audit)
+            done, _ = await asyncio.wait({work}, timeout=max(deadline - self.clock(), 0.0) + grace)
+            if not done:
+                done, _ = await asyncio.wait({work}, timeout=grace)
+            if not done:
+                work.cancel()
+                raise TimeoutError
+            result = work.result()
         except TimeoutError:
             result = Result(
                 output=None, confidence=None, tier=None, path=(), cache=None,
                 degraded="deadline", latency_ms=0.0, cost=0.0, model_version=None,
                 calibration_version=self.cascade.calibration_version,
             )  # fmt: skip
+        except BaseException:  # the caller went away: stop the work it asked for
+            work.cancel()
+            raise
         return with_latency(result, (self.clock() - start) * 1000.0)
 
     def _admit(self, weight: int) -> None:
