@@ -98,9 +98,10 @@ def main() -> None:
         # row_by_row=False: measure what batched execution could deliver, even where the
         # int8 model's results would depend on batch mates.
         emb = OnnxSentenceEmbedder(demo / name, demo / "tokenizer.json", row_by_row=False)
-        tokens = float(np.mean(emb.token_lengths(sample)))
         r = rates(emb, sample, args.batch)
-        by_length = sorted(sample, key=lambda t: emb.token_lengths([t])[0])
+        lengths = emb.token_lengths(sample)
+        tokens = float(np.mean(lengths))
+        by_length = [t for _, t in sorted(zip(lengths, sample, strict=True))]
         batched = np.vstack(
             [emb.embed(by_length[i : i + args.batch]) for i in range(0, len(sample), args.batch)]
         )

@@ -63,6 +63,7 @@ def sweep(
     asyncio.run(run_load(url, bodies, rate=rates[0], duration_s=2.0))  # warm-up
     steps = []
     best = 0.0
+    failed = False  # the sustainable rate is the last step of an all-passing prefix
     for rate in rates:
         s = summarize(asyncio.run(run_load(url, bodies, rate=rate, duration_s=seconds)))
         ok = s["latency_ms"]["p99"] < P99_MS and set(s["statuses"]) == {"200"}
@@ -73,17 +74,12 @@ def sweep(
         })  # fmt: skip
         p99 = s["latency_ms"]["p99"]
         print(f"  {rate:>6.0f} req/s  p99 {p99:7.1f} ms  ok={ok}", file=sys.stderr)
-        if not ok and not full:
+        failed = failed or not ok
+        if failed and not full:
             break
-        if ok and best == rate_before(rates, rate):
+        if not failed:
             best = rate
     return {"max_sustainable_rate": best, "steps": steps}
-
-
-def rate_before(rates: list[float], rate: float) -> float:
-    """The step before ``rate`` (0 for the first): the sustainable rate must be a prefix."""
-    i = rates.index(rate)
-    return rates[i - 1] if i else 0.0
 
 
 def main() -> None:

@@ -280,12 +280,7 @@ class Service:
             "cpu_count": os.cpu_count(),
             "tiers": [
                 {
-                    "name": t.name,
-                    "model_version": t.version,
-                    "threshold": t.threshold,
-                    "temperature": t.temperature,
-                    "cost_per_call": t.cost_per_call,
-                    "cost_derived": t.cost_derived,
+                    **t.describe(),
                     "timeout_ms": t.timeout_s * 1000.0,
                     "breaker": t.breaker.state,
                     "fault_injection": isinstance(t.adapter, FaultInjector),

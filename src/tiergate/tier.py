@@ -7,6 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,17 @@ class Tier:
             f"Tier({self.name!r}, threshold={self.threshold}, T={self.temperature:.3g}, "
             f"cost={self.cost_per_call:.3g}, timeout_s={self.timeout_s})"
         )
+
+    def describe(self) -> dict[str, Any]:
+        """Identity and policy of this tier, as reports and /readyz show them."""
+        return {
+            "name": self.name,
+            "model_version": self.version,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "cost_per_call": self.cost_per_call,
+            "cost_derived": self.cost_derived,
+        }
 
     def predict_sync(self, texts: Sequence[str]) -> Probabilities:
         """Validated, temperature-scaled probabilities; raises ModelError on garbage."""

@@ -139,12 +139,13 @@ def smooth_down_projections(
             node.input[0] = smoothed
 
     # Each Mul goes right before the first node that reads its output: order stays topological.
+    by_output = {mul.output[0]: mul for mul in smoothers.values()}
     nodes = list(graph.node)
     del graph.node[:]
     for node in nodes:
         for name in node.input:
-            if name.endswith("/smoothed") and name[: -len("/smoothed")] in smoothers:
-                graph.node.append(smoothers.pop(name[: -len("/smoothed")]))
+            if name in by_output:
+                graph.node.append(by_output.pop(name))
         graph.node.append(node)
     with atomic_path(model_out) as tmp:
         onnx.save(model, str(tmp))

@@ -176,12 +176,7 @@ def _analyse(
         raw_conf = scores.probs[i].max(axis=1)
         tier_rows.append(
             {
-                "name": t.name,
-                "model_version": t.version,
-                "threshold": t.threshold,
-                "temperature": t.temperature,
-                "cost_per_call": t.cost_per_call,
-                "cost_derived": t.cost_derived,
+                **t.describe(),
                 "accuracy": float(correct[i].mean()),
                 "ece_before": expected_calibration_error(raw_conf, correct[i]),
                 "ece_after": expected_calibration_error(conf[i], correct[i]),
