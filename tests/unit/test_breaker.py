@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -74,11 +76,56 @@ def test_cancelled_probe_gives_its_slot_back() -> None:
     assert b.allow()
 
 
+def test_cancel_never_adds_probe_slots() -> None:
+    clock = ManualClock()
+    b = CircuitBreaker("t", POLICY, clock=clock)
+    b.trip()
+    clock.advance(1)
+    assert b.state == "half_open"
+    b.cancel()  # nothing was let through: no slot to give back
+    assert b.allow() and b.allow() and not b.allow()
+
+
 def test_policy_validation() -> None:
     with pytest.raises(ValueError):
         BreakerPolicy(failure_rate=0)
     with pytest.raises(ValueError):
         BreakerPolicy(cooldown_s=5, max_cooldown_s=1)
+    with pytest.raises(ValueError):
+        BreakerPolicy(buckets=0)
+
+
+def test_window_is_bucket_granular() -> None:
+    # 10 buckets of 1 s: an outcome at t=0.5 (bucket 0) counts while the clock is in
+    # buckets 0..9, i.e. until t=10.0 — 9.5 s after it happened; one at t=0.0 counts 10 s.
+    policy = BreakerPolicy(failure_rate=0.5, min_calls=3, window_s=10, buckets=10)
+    clock = ManualClock(0.5)
+    b = CircuitBreaker("t", policy, clock=clock)
+    b.record(False)
+    b.record(False)
+    clock.now = 9.99
+    b.record(True)
+    assert b.state == "open"  # 2 of 3 failed: both failures still in the window
+    clock.now = 20.5
+    b = CircuitBreaker("t", policy, clock=clock)
+    b.record(False)
+    b.record(False)
+    clock.now = 30.0  # bucket 30: bucket 20 has just left the window
+    b.record(True)
+    b.record(True)
+    b.record(False)
+    assert b.state == "closed"  # 1 of 3
+
+
+def test_transitions_are_bounded() -> None:
+    clock = ManualClock()
+    b = CircuitBreaker("t", POLICY, clock=clock)
+    for _ in range(1000):
+        b.trip()
+        clock.advance(1)
+        assert b.state == "half_open"
+    assert len(b.transitions) == 256
+    assert b.transitions[-1] == (1000.0, "half_open")
 
 
 @given(st.lists(st.tuples(st.booleans(), st.floats(0, 3)), max_size=200))
@@ -95,6 +142,6 @@ def test_state_machine_invariants(events: list[tuple[bool, float]]) -> None:
             b.record(success)
         assert b.state in {"closed", "open", "half_open"}
         # Only these transitions exist.
-    for (_, a), (_, c) in zip(b.transitions, b.transitions[1:], strict=False):
+    for (_, a), (_, c) in pairwise(b.transitions):
         assert (a, c) in {("open", "half_open"), ("half_open", "open"), ("half_open", "closed"),
                           ("closed", "open")}  # fmt: skip

@@ -237,18 +237,3 @@ async def test_open_breaker_skips_tier_then_probes_and_recovers() -> None:
         (r,) = await c.run(["meh"], clock() + 1.0)
         assert r.tier == "accurate" and r.degraded is None
     assert acc.breaker.state == "closed"
-
-
-def test_latency_tracker_quantile_follows_observations_in_steps() -> None:
-    from tiergate.tier import LatencyTracker
-
-    tracker = LatencyTracker(window=64, quantile=0.5, refresh=4)
-    assert tracker.expected() == 0.0
-    for v, median in ((0.010, 0.010), (0.030, 0.020), (0.050, 0.030), (0.070, 0.040)):
-        tracker.observe(v)
-        assert tracker.expected() == pytest.approx(median)  # exact while the window fills
-    for _ in range(3):
-        tracker.observe(1.0)
-    assert tracker.expected() == pytest.approx(0.040)  # 3 new values: not recomputed yet
-    tracker.observe(1.0)
-    assert tracker.expected() == pytest.approx(0.535)  # the 4th: median of 4 small, 4 large
