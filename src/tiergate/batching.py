@@ -126,6 +126,8 @@ class MicroBatcher:
         self.latency = BatchLatencyModel()
         self.batch_sizes: deque[int] = deque(maxlen=1024)
         self.dropped_expired = 0
+        # Called with the size of every batch run (the service exports a histogram).
+        self.on_batch: Callable[[int], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -234,6 +236,8 @@ class MicroBatcher:
                 if self.aimd is not None:
                     self.aimd.observe(len(texts), elapsed)
                 self.batch_sizes.append(len(texts))
+                if self.on_batch is not None:
+                    self.on_batch(len(texts))
                 start = 0
                 for item in batch:
                     rows = probs[start : start + len(item.texts)]

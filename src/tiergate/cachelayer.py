@@ -7,7 +7,6 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from tiergate.cache import (
@@ -76,7 +75,9 @@ class CacheLayer:
                     redis if ec.backend == "redis"
                     else LayeredStore(memory, redis, near_ttl_s=ec.near_ttl_s)
                 )  # fmt: skip
-            exact = ExactCache(store, namespace, ttl_s=ec.ttl_s, clock=clock, metrics=cm)
+            exact = ExactCache(
+                store, namespace, ttl_s=ec.ttl_s, clock=clock, metrics=cm, normalised_inputs=True
+            )
         sc = config.cache.semantic
         semantic = None
         if sc.enabled:
@@ -96,8 +97,24 @@ class CacheLayer:
             )
         return cls(exact, semantic)
 
-    async def get_or_compute(self, text: str, compute: Compute, audit: Compute) -> Result:
-        """One input: exact hit, else semantic hit, else ``compute()`` (stored if clean)."""
+    async def exact_hit(self, text: str) -> tuple[bytes | None, Result | None]:
+        """Try the exact cache alone: ``(key, hit)``; ``(None, None)`` without one.
+
+        The service calls it inline, before it sets up a deadline-bounded computation,
+        and passes ``key`` on to :meth:`get_or_compute` after a miss.
+        """
+        if self.exact is None:
+            return None, None
+        key = self.exact.key(text)
+        return key, await self.exact.lookup(key)
+
+    async def get_or_compute(
+        self, text: str, compute: Compute, audit: Compute, *, exact_key: bytes | None = None
+    ) -> Result:
+        """One input: exact hit, else semantic hit, else ``compute()`` (stored if clean).
+
+        ``exact_key``: :meth:`exact_hit` just missed under this key.
+        """
         inner = compute
         if self.semantic is not None:
             semantic = self.semantic
@@ -107,7 +124,9 @@ class CacheLayer:
 
         if self.exact is None:
             return await inner()
-        return await self.exact.get_or_compute(text, inner)
+        return await self.exact.get_or_compute(
+            text, inner, key=exact_key, looked_up=exact_key is not None
+        )
 
     async def run_many(
         self, texts: Sequence[str], compute: Callable[[list[str]], Awaitable[list[Result]]]
@@ -163,4 +182,4 @@ def _semantic_threshold(text: str, namespace: str) -> float:
 
 def with_latency(result: Result, latency_ms: float) -> Result:
     """The same answer with end-to-end latency."""
-    return replace(result, latency_ms=latency_ms)
+    return result.with_latency(latency_ms)

@@ -88,7 +88,7 @@ class Cascade:
                 for j in pending:
                     reasons[j] = "deadline"
                 if m:
-                    m.tier_calls.labels(tier.name, "skipped").inc(len(pending))
+                    m.tier_calls_by(tier.name, "skipped").inc(len(pending))
                 break
             if not tier.breaker.allow():
                 pending = self._fail(
@@ -100,7 +100,7 @@ class Cascade:
                 paths[j].append(tier.name)
                 costs[j] += tier.cost_per_call
             if m:
-                m.cost.labels(tier.name).inc(tier.cost_per_call * len(pending))
+                m.cost_by(tier.name).inc(tier.cost_per_call * len(pending))
             t0 = self.clock()
             timeout = min(tier.timeout_s, remaining - reserve)
             try:
@@ -125,7 +125,7 @@ class Cascade:
                 continue
             elapsed = self.clock() - t0
             if m:
-                m.tier_latency.labels(tier.name).observe(elapsed)
+                m.tier_latency_by(tier.name).observe(elapsed)
             idx = probs.argmax(axis=1)
             conf = probs[np.arange(len(pending)), idx]
             last = i == len(self.tiers) - 1
@@ -143,10 +143,10 @@ class Cascade:
                 else:
                     still.append(j)
             if m:
-                m.tier_calls.labels(tier.name, "accepted").inc(len(pending) - len(still))
+                m.tier_calls_by(tier.name, "accepted").inc(len(pending) - len(still))
                 if still and not last:
-                    m.tier_calls.labels(tier.name, "escalated").inc(len(still))
-                    m.escalations.labels(tier.name, self.tiers[i + 1].name).inc(len(still))
+                    m.tier_calls_by(tier.name, "escalated").inc(len(still))
+                    m.escalations_by(tier.name, self.tiers[i + 1].name).inc(len(still))
             pending = still
 
         now = self.clock()
@@ -181,7 +181,7 @@ class Cascade:
                     raise
                 retry += 1
                 if self.metrics:
-                    self.metrics.retries.labels(tier.name).inc()
+                    self.metrics.retries_by(tier.name).inc()
                 await self.sleep(min(tier.backoff.delay(retry), max(left, 0.0)))
                 timeout = min(timeout, max(deadline - self.clock(), 0.0))
                 continue
@@ -203,7 +203,7 @@ class Cascade:
         # Inputs with an answer from a lower tier stop here (answered degraded);
         # those without one go on to the next tier.
         if self.metrics:
-            self.metrics.tier_calls.labels(tier.name, outcome).inc(len(pending))
+            self.metrics.tier_calls_by(tier.name, outcome).inc(len(pending))
         for j in pending:
             reasons[j] = reason
         return [j for j in pending if best[j] is None]

@@ -1,10 +1,11 @@
 """Typed service configuration, loaded from YAML.
 
-The only module that reads config files (and, via :func:`tiergate_home`, the
-environment). Every knob is a frozen pydantic model with ``extra="forbid"`` so a
-typo is an error, not a silently ignored key; :func:`load_config` turns every
-validation failure into one :class:`~tiergate.errors.ConfigError` whose message
-lists each problem with its location in the file.
+The only module that reads config files (and, via :func:`tiergate_home` and
+:func:`multiprocess_metrics_dir`, the environment). Every knob is a frozen pydantic
+model with ``extra="forbid"`` so a typo is an error, not a silently ignored key;
+:func:`load_config` turns every validation failure into one
+:class:`~tiergate.errors.ConfigError` whose message lists each problem with its
+location in the file.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ __all__ = [
     "TierConfig",
     "format_validation_error",
     "load_config",
+    "multiprocess_metrics_dir",
     "tiergate_home",
+    "worker_environ",
 ]
 
 
@@ -188,6 +191,16 @@ class TierConfig(_Frozen):
     batching: BatchingConfig = Field(BatchingConfig(), description="Micro-batching.")
     breaker: BreakerConfig = Field(BreakerConfig(), description="Circuit breaker.")
     retry: RetryConfig = Field(RetryConfig(), description="Retries under a budget.")
+    executor: Literal["auto", "thread", "inline"] = Field(
+        "auto",
+        description="Where the model runs: 'thread' (the tier's own thread; the event loop "
+        "stays free), 'inline' (on the event loop: no thread hop; only for models that "
+        "take well under a millisecond and cannot hang), 'auto' (inline when the call "
+        "measured at start-up took under `inline_below_ms` and no faults are injected).",
+    )
+    inline_below_ms: float = Field(
+        1.0, ge=0, le=100, description="Largest measured batch-1 call that 'auto' runs inline."
+    )
     fault: FaultConfig | None = Field(None, description="Chaos testing: injected faults.")
 
     @field_validator("name")
@@ -368,3 +381,22 @@ def tiergate_home() -> Path:
     """Root of tiergate's caches: ``$TIERGATE_HOME`` or ``~/.cache/tiergate``."""
     env = os.environ.get("TIERGATE_HOME")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tiergate"
+
+
+# prometheus_client's own switch: it picks mmap-backed values at import when this is set.
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_metrics_dir() -> Path | None:
+    """The folder shared by ``serve --workers N`` for metrics (``$PROMETHEUS_MULTIPROC_DIR``).
+
+    None in a single process. The variable, not a flag, is the source of truth because
+    prometheus_client reads it at import to decide how every metric stores its value.
+    """
+    env = os.environ.get(_MULTIPROC_ENV)
+    return Path(env) if env else None
+
+
+def worker_environ(metrics_dir: Path) -> dict[str, str]:
+    """The environment for a worker process: this one's, with the shared metrics folder."""
+    return {**os.environ, _MULTIPROC_ENV: str(metrics_dir)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -10,15 +11,43 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
+from tiergate.config import multiprocess_metrics_dir
 from tiergate.types import Result
 
-__all__ = ["Metrics"]
+__all__ = ["BoundLabels", "Metrics"]
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 )  # fmt: skip
+
+_GC_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class BoundLabels:
+    """A labelled metric's children, each created once.
+
+    ``metric.labels(*values)`` takes a lock and validates on every call; the request
+    path instead looks its children up here (label values come from small fixed sets:
+    tiers, outcomes, reasons).
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -62,8 +91,9 @@ class Metrics:
             "tiergate_cost", "Accumulated model cost, currency units.", ["tier"], registry=r
         )
         self.cost_per_call = Gauge(
-            "tiergate_tier_cost_per_call", "Cost of one call of a tier.", ["tier"], registry=r
-        )
+            "tiergate_tier_cost_per_call", "Cost of one call of a tier.", ["tier"], registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
         self.degraded = Counter(
             "tiergate_degraded", "Answers that are not the policy's, by reason.", ["reason"],
             registry=r,
@@ -84,7 +114,7 @@ class Metrics:
         )  # fmt: skip
         self.breaker_state = Gauge(
             "tiergate_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
-            ["tier"], registry=r,
+            ["tier"], registry=r, multiprocess_mode="livemax",  # the worst worker's breaker
         )  # fmt: skip
         self.breaker_transitions = Counter(
             "tiergate_breaker_transitions", "Circuit breaker state changes.", ["tier", "to"],
@@ -93,19 +123,56 @@ class Metrics:
         self.shed = Counter(
             "tiergate_shed", "Requests refused by admission control (429).", registry=r
         )
-        self.inflight = Gauge("tiergate_inflight", "Inputs in flight.", registry=r)
-        self.ready = Gauge("tiergate_ready", "1 when models are loaded.", registry=r)
+        self.inflight = Gauge(
+            "tiergate_inflight", "Inputs in flight.", registry=r, multiprocess_mode="livesum"
+        )
+        self.ready = Gauge(  # 1 only if every live worker is
+            "tiergate_ready", "1 when models are loaded.", registry=r, multiprocess_mode="livemin"
+        )
         self.info = Gauge(
             "tiergate_info",
             "Service, tier model versions and calibration version (value always 1).",
             ["service", "tier", "model_version", "calibration_version"],
             registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.gc_pause = Histogram(
+            "tiergate_gc_pause_seconds",
+            "Garbage-collector pauses of the serving process, by generation, seconds.",
+            ["generation"],
+            buckets=_GC_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tiergate_batch_size",
+            "Inputs per model call of a tier (micro-batches and batch requests).",
+            ["tier"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self._service = service
+        # Children bound once: the request path never calls ``labels()``.
+        self.requests_by = BoundLabels(self.requests)
+        self.tier_calls_by = BoundLabels(self.tier_calls)
+        self.escalations_by = BoundLabels(self.escalations)
+        self.tier_latency_by = BoundLabels(self.tier_latency)
+        self.cost_by = BoundLabels(self.cost)
+        self.degraded_by = BoundLabels(self.degraded)
+        self.rejected_by = BoundLabels(self.rejected)
+        self.retries_by = BoundLabels(self.retries)
+        self.batch_size_by = BoundLabels(self.batch_size)
+        self._gc_by = BoundLabels(self.gc_pause)
+        self._request_latency = self.request_latency
         for t in tiers:
             for outcome in ("ok", "degraded", "failed", "cached"):
-                self.requests.labels(t, outcome)
-            self.cost.labels(t)
+                self.requests_by(t, outcome)
+            self.cost_by(t)
+        for g in ("0", "1", "2"):
+            self._gc_by(g)
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        """A :class:`tiergate.heap.PauseSink` writing ``tiergate_gc_pause_seconds``."""
+        self._gc_by(str(generation)).observe(seconds)
 
     def observe_result(self, result: Result) -> None:
         """Count one answered input (not cache lookups: those count in ``cache``)."""
@@ -115,11 +182,21 @@ class Metrics:
             else "cached" if result.cache
             else "ok"
         )  # fmt: skip
-        self.requests.labels(result.tier or "none", outcome).inc()
-        self.request_latency.observe(result.latency_ms / 1000.0)
+        self.requests_by(result.tier or "none", outcome).inc()
+        self._request_latency.observe(result.latency_ms / 1000.0)
         if result.degraded:
-            self.degraded.labels(result.degraded).inc()
+            self.degraded_by(result.degraded).inc()
 
     def render(self) -> bytes:
-        """Prometheus text exposition format."""
-        return generate_latest(self.registry)
+        """Prometheus text exposition format.
+
+        Under ``serve --workers N`` (a multiprocess metrics folder is set, see
+        :mod:`tiergate.workers`) the numbers are those of all workers merged, whichever
+        worker answers the scrape; else this process's registry.
+        """
+        shared = multiprocess_metrics_dir()
+        if shared is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=str(shared))  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

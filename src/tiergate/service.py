@@ -80,6 +80,7 @@ class Service:
         )
         for t in self.tiers:
             t.breaker.on_change(self._breaker_changed)
+            t.batcher.on_batch = self.metrics.batch_size_by(t.name).observe
             self.metrics.cost_per_call.labels(t.name).set(t.cost_per_call)
             self.metrics.info.labels(
                 config.service, t.name, t.version, self.cascade.calibration_version or "none"
@@ -147,9 +148,15 @@ class Service:
                 )
             )
         _check_labels(tiers)
-        if measure_costs:
-            for t in tiers:
+        for t, tc in zip(tiers, config.tiers, strict=True):
+            if measure_costs:  # without it, 'auto' keeps the thread
                 t.measure_cost(_COST_PROBE, config.pricing.cpu_second)
+            t.inline = tc.executor == "inline" or (
+                tc.executor == "auto"
+                and tc.fault is None
+                and t.measured_call_s is not None
+                and t.measured_call_s * 1000.0 < tc.inline_below_ms
+            )
         return cls(config, tiers, calibration, clock=clock)
 
     @property
@@ -202,6 +209,11 @@ class Service:
         log.warning("circuit breaker of tier %r is now %s", tier, state)
 
     async def _answer(self, text: str, start: float, deadline: float) -> Result:
+        # An exact hit is answered inline: no task, no timer (the common case under load).
+        key, hit = await self.caches.exact_hit(text)
+        if hit is not None:
+            return hit.with_latency((self.clock() - start) * 1000.0)
+
         async def compute() -> Result:
             (r,) = await self.cascade.run([text], deadline, start=start)
             return r
@@ -218,7 +230,9 @@ class Service:
         # turn, so a late cascade gets a second grace period to deliver the answer it
         # already has before it is given up (a late answer beats a 504).
         grace = _GRACE_S + 0.1 * (deadline - start)
-        work = asyncio.ensure_future(self.caches.get_or_compute(text, compute, audit))
+        work = asyncio.ensure_future(
+            self.caches.get_or_compute(text, compute, audit, exact_key=key)
+        )
         try:
             done, _ = await asyncio.wait({work}, timeout=max(deadline - self.clock(), 0.0) + grace)
             if not done:
@@ -236,7 +250,7 @@ class Service:
         except BaseException:  # the caller went away: stop the work it asked for
             work.cancel()
             raise
-        return with_latency(result, (self.clock() - start) * 1000.0)
+        return result.with_latency((self.clock() - start) * 1000.0)
 
     def _admit(self, weight: int) -> None:
         try:

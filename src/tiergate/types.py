@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = ["CacheKind", "Result", "TierAnswer"]
@@ -42,9 +42,28 @@ class Result:
     calibration_version: str | None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def with_latency(self, latency_ms: float) -> Result:
+        """The same answer with another ``latency_ms`` (faster than ``dataclasses.replace``)."""
+        return Result(
+            self.output, self.confidence, self.tier, self.path, self.cache, self.degraded,
+            latency_ms, self.cost, self.model_version, self.calibration_version, self.extra,
+        )  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = list(self.path)
-        extra = d.pop("extra")
-        d.update(extra)
+        # Built by hand: ``dataclasses.asdict`` deep-copies recursively, and this runs
+        # once per answer on the hot path.
+        d: dict[str, Any] = {
+            "output": self.output,
+            "confidence": self.confidence,
+            "tier": self.tier,
+            "path": list(self.path),
+            "cache": self.cache,
+            "degraded": self.degraded,
+            "latency_ms": self.latency_ms,
+            "cost": self.cost,
+            "model_version": self.model_version,
+            "calibration_version": self.calibration_version,
+        }
+        if self.extra:
+            d.update(self.extra)
         return d

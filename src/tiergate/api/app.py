@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,9 +32,12 @@ from tiergate.errors import (
     OverloadError,
     TiergateError,
 )
+from tiergate.heap import GcPolicy, GcWatch, prepare_for_serving
 from tiergate.service import Service
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("tiergate")
 
 _STATUS: dict[type[TiergateError], int] = {
     InputTooLargeError: 413,
@@ -45,6 +49,7 @@ _STATUS: dict[type[TiergateError], int] = {
     ConfigError: 500,
 }
 _MAX_DEPTH = 8
+_SERVING_GC = GcPolicy()
 
 
 class JSONResponse(Response):
@@ -90,93 +95,64 @@ def create_app(
     *,
     loader: Callable[[], Service] | None = None,
     limits: LimitsConfig | None = None,
+    gc_policy: GcPolicy | None = _SERVING_GC,
 ) -> FastAPI:
     """The HTTP app around a service, or around a loader run in the background.
 
     With ``loader``, ``/healthz`` answers at once and ``/readyz`` says 503 until the
-    models are loaded.
+    models are loaded. The predict routes are answered by plain ASGI handlers ahead of
+    the framework (see :class:`_App`); FastAPI still documents them and serves the rest.
+    Once the service is loaded, the process's heap is frozen and the collector tuned
+    (``gc_policy``, see :mod:`tiergate.heap`; ``None`` leaves the collector alone), and
+    every collection's pause is exported as ``tiergate_gc_pause_seconds``.
     """
     state: dict[str, Any] = {"service": service, "error": None}
     limits = limits or (service.config.limits if service is not None else LimitsConfig())
 
+    watches: list[GcWatch] = []
+
+    def loaded(s: Service) -> None:
+        watches.append(GcWatch(s.metrics.observe_gc_pause).install())
+        if gc_policy is not None:
+            frozen = prepare_for_serving(gc_policy)
+            log.info("heap frozen after loading (%d objects); %r", frozen, gc_policy)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = None
-        if state["service"] is None and loader is not None:
+        if state["service"] is not None:
+            loaded(state["service"])
+        elif loader is not None:
 
             async def load() -> None:
                 try:
                     state["service"] = await asyncio.to_thread(loader)
                 except TiergateError as exc:
                     state["error"] = exc
+                    return
+                loaded(state["service"])
 
             task = asyncio.create_task(load())
         yield
         if task is not None:
             task.cancel()
+        for watch in watches:
+            watch.uninstall()
         if state["service"] is not None:
             await state["service"].aclose()
 
-    app = FastAPI(
+    app = _App(
         title="tiergate",
         summary="Tiered inference gateway: fast model first, accurate model when unsure.",
         version="0.1.0",
         lifespan=lifespan,
     )
-
-    def svc() -> Service:
-        s = state["service"]
-        if s is None:
-            if state["error"] is not None:
-                raise NotReadyError(f"service failed to load: {state['error'].message}")
-            raise NotReadyError("models are still loading")
-        return s  # type: ignore[no-any-return]
-
-    async def body(request: Request) -> dict[str, Any]:
-        # Parse ourselves: accept JSON whatever the Content-Type (curl -d sends a form
-        # type), bound the size, and give a precise message for each kind of garbage.
-        limit = svc().config.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise InputTooLargeError(f"request body is {declared} bytes; the limit is {limit}")
-        raw = await request.body()
-        if len(raw) > limit:
-            raise InputTooLargeError(f"request body is {len(raw)} bytes; the limit is {limit}")
-        if not raw.strip():
-            raise InputError("request body is empty; send a JSON object")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InputError(f"request body is not valid JSON (UTF-8): {exc}") from None
-        if not isinstance(data, dict):
-            raise InputError("request body must be a JSON object")
-        if _depth(data) > _MAX_DEPTH:
-            raise InputError(f"request body is nested deeper than {_MAX_DEPTH} levels")
-        return data
-
-    def deadline_of(request: Request, data: dict[str, Any]) -> float | None:
-        value = data.get("deadline_ms", request.headers.get("x-request-deadline-ms"))
-        if value is None:
-            return None
-        try:
-            ms = float(value)
-        except (TypeError, ValueError):
-            raise InputError("deadline_ms must be a number of milliseconds") from None
-        if isinstance(value, bool) or not 10 <= ms <= 600_000:
-            raise InputError("deadline_ms must be a number of milliseconds in [10, 600000]")
-        return ms
-
-    def unknown_keys(data: dict[str, Any], allowed: set[str]) -> None:
-        extra = sorted(set(data) - allowed)
-        if extra:
-            raise InputError(f"unknown field(s): {', '.join(extra)}")
+    handlers = _Handlers(state)
 
     @app.exception_handler(TiergateError)
     async def _tiergate_error(_: Request, exc: TiergateError) -> Response:
-        s = state["service"]
-        if s is not None:
-            s.metrics.rejected.labels(exc.type).inc()
-        return _error(exc)
+        status, payload, headers = handlers.error(exc)
+        return _framework_response(status, payload, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -190,6 +166,18 @@ def create_app(
             {"error": {"type": kind, "message": str(exc.detail)}}, status_code=exc.status_code
         )
 
+    async def _framework_route(request: Request, handle: _Handle) -> Response:
+        # Reached only when the fast dispatch did not take the request (e.g. the app
+        # is mounted under a prefix): same handler, same answers.
+        deadline = request.headers.get("x-request-deadline-ms")
+        status, payload, headers = await handlers.run(
+            handle,
+            await request.body(),
+            request.headers.get("content-length"),
+            deadline,
+        )
+        return _framework_response(status, payload, headers)
+
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
@@ -198,12 +186,7 @@ def create_app(
         summary="Classify one input",
     )
     async def predict(request: Request) -> Response:
-        data = await body(request)
-        unknown_keys(data, {"input", "deadline_ms"})
-        if "input" not in data:
-            raise InputError("missing field: input", field="input")
-        result = await svc().predict(data["input"], deadline_of(request, data))
-        return JSONResponse(result.to_dict())
+        return await _framework_route(request, handlers.predict)
 
     @app.post(
         "/v1/predict/batch",
@@ -213,12 +196,12 @@ def create_app(
         summary="Classify many inputs",
     )
     async def predict_batch(request: Request) -> Response:
-        data = await body(request)
-        unknown_keys(data, {"inputs", "deadline_ms"})
-        if "inputs" not in data:
-            raise InputError("missing field: inputs", field="inputs")
-        results = await svc().predict_batch(data["inputs"], deadline_of(request, data))
-        return JSONResponse({"results": [r.to_dict() for r in results]})
+        return await _framework_route(request, handlers.predict_batch)
+
+    app.hot_routes = {
+        "/v1/predict": handlers.asgi(handlers.predict),
+        "/v1/predict/batch": handlers.asgi(handlers.predict_batch),
+    }
 
     @app.get("/healthz", summary="Process is up")
     async def healthz() -> Response:
@@ -226,7 +209,7 @@ def create_app(
 
     @app.get("/readyz", summary="Models loaded, ready to serve", responses=_errors_doc(503))
     async def readyz() -> Response:
-        return JSONResponse({"status": "ready", **svc().describe()})
+        return JSONResponse({"status": "ready", **handlers.service().describe()})
 
     @app.get(
         "/metrics",
@@ -241,6 +224,196 @@ def create_app(
 
     app.state.tiergate = state
     return app
+
+
+_Send = Callable[[dict[str, Any]], Awaitable[None]]
+_Receive = Callable[[], Awaitable[dict[str, Any]]]
+_ASGI = Callable[[dict[str, Any], _Receive, _Send], Awaitable[None]]
+_Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+_Handle = Callable[[Service, dict[str, Any], float | None], Awaitable[bytes]]
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _App(FastAPI):
+    """FastAPI with the predict routes dispatched before the framework's stack.
+
+    The framework's middleware, routing and dependency machinery cost about as much
+    per request as a cache hit itself; the hot routes parse their own bodies anyway,
+    so they are plain ASGI handlers looked up by exact path. Everything else (docs,
+    OpenAPI, probes, metrics, 404/405) goes through FastAPI as usual.
+    """
+
+    hot_routes: dict[str, _ASGI]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.hot_routes.get(scope["path"])
+            if handler is not None and not scope.get("root_path"):
+                await handler(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class _Handlers:
+    """Request → answer for the predict routes, shared by both dispatch paths."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def service(self) -> Service:
+        s = self._state["service"]
+        if s is None:
+            if self._state["error"] is not None:
+                raise NotReadyError(f"service failed to load: {self._state['error'].message}")
+            raise NotReadyError("models are still loading")
+        return s  # type: ignore[no-any-return]
+
+    def error(self, exc: TiergateError) -> _Answer:
+        s = self._state["service"]
+        if s is not None:
+            s.metrics.rejected_by(exc.type).inc()
+        status = next((c for cls, c in _STATUS.items() if isinstance(exc, cls)), 500)
+        headers = list(_JSON_HEADERS)
+        if isinstance(exc, OverloadError):
+            headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+        return status, orjson.dumps({"error": exc.to_dict()}), headers
+
+    async def run(
+        self, handle: _Handle, raw: bytes, declared: str | None, deadline: str | None
+    ) -> _Answer:
+        try:
+            s = self.service()
+            limit = s.config.limits.max_body_bytes
+            if declared and declared.isdigit() and int(declared) > limit:
+                raise InputTooLargeError(f"request body is {declared} bytes; the limit is {limit}")
+            payload = await handle(s, _parse(raw, limit), _deadline(deadline))
+        except TiergateError as exc:
+            return self.error(exc)
+        return 200, payload, _JSON_HEADERS
+
+    @staticmethod
+    async def predict(s: Service, data: dict[str, Any], header: float | None) -> bytes:
+        _unknown_keys(data, ("input", "deadline_ms"))
+        if "input" not in data:
+            raise InputError("missing field: input", field="input")
+        result = await s.predict(data["input"], _body_deadline(data, header))
+        return orjson.dumps(result.to_dict())
+
+    @staticmethod
+    async def predict_batch(s: Service, data: dict[str, Any], header: float | None) -> bytes:
+        _unknown_keys(data, ("inputs", "deadline_ms"))
+        if "inputs" not in data:
+            raise InputError("missing field: inputs", field="inputs")
+        results = await s.predict_batch(data["inputs"], _body_deadline(data, header))
+        return orjson.dumps({"results": [r.to_dict() for r in results]})
+
+    def asgi(self, handle: _Handle) -> _ASGI:
+        """``handle`` as a plain ASGI app (the fast dispatch of :class:`_App`)."""
+
+        async def endpoint(scope: dict[str, Any], receive: _Receive, send: _Send) -> None:
+            declared = deadline = None
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    declared = value.decode("latin-1")
+                elif name == b"x-request-deadline-ms":
+                    deadline = value.decode("latin-1")
+            try:
+                raw = await _read_body(receive, self._body_limit())
+                status, payload, headers = await self.run(handle, raw, declared, deadline)
+            except _ClientGone:
+                return
+            except TiergateError as exc:
+                status, payload, headers = self.error(exc)
+            except Exception as exc:  # never an unexplained 500: typed, and logged
+                log.exception("unhandled error in %s", scope["path"])
+                status, payload, headers = 500, _internal(exc), _JSON_HEADERS
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [*headers, (b"content-length", b"%d" % len(payload))],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+
+        return endpoint
+
+    def _body_limit(self) -> int:
+        s = self._state["service"]
+        return s.config.limits.max_body_bytes if s is not None else LimitsConfig().max_body_bytes
+
+
+async def _read_body(receive: _Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise InputTooLargeError(f"request body is over {limit} bytes; the limit is {limit}")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _parse(raw: bytes, limit: int) -> dict[str, Any]:
+    # Parse ourselves: accept JSON whatever the Content-Type (curl -d sends a form
+    # type), bound the size, and give a precise message for each kind of garbage.
+    if len(raw) > limit:
+        raise InputTooLargeError(f"request body is {len(raw)} bytes; the limit is {limit}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if not raw.strip():
+            raise InputError("request body is empty; send a JSON object") from None
+        raise InputError(f"request body is not valid JSON (UTF-8): {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError("request body must be a JSON object")
+    if _depth(data) > _MAX_DEPTH:
+        raise InputError(f"request body is nested deeper than {_MAX_DEPTH} levels")
+    return data
+
+
+def _deadline(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        raise InputError("deadline_ms must be a number of milliseconds") from None
+    if isinstance(value, bool) or not 10 <= ms <= 600_000:
+        raise InputError("deadline_ms must be a number of milliseconds in [10, 600000]")
+    return ms
+
+
+def _body_deadline(data: dict[str, Any], header: float | None) -> float | None:
+    return _deadline(data["deadline_ms"]) if "deadline_ms" in data else header
+
+
+def _unknown_keys(data: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    extra = [k for k in data if k not in allowed]
+    if extra:
+        raise InputError(f"unknown field(s): {', '.join(sorted(extra))}")
+
+
+def _framework_response(
+    status: int, payload: bytes, headers: list[tuple[bytes, bytes]]
+) -> Response:
+    extra = {k.decode(): v.decode() for k, v in headers if k != b"content-type"}
+    return Response(payload, status, extra, media_type="application/json")
+
+
+def _internal(exc: Exception) -> bytes:
+    return orjson.dumps(
+        {"error": {"type": "internal_error", "message": f"internal error: {type(exc).__name__}"}}
+    )
 
 
 def _depth(obj: Any, level: int = 1) -> int:

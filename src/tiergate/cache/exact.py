@@ -83,8 +83,12 @@ class ExactCache:
         ttl_s: float | None = 3600.0,
         clock: Callable[[], float] = time.perf_counter,
         metrics: CacheMetrics | None = None,
+        normalised_inputs: bool = False,
     ) -> None:
         self.store = store
+        # The service's inputs come out of tiergate.guard, which already applies
+        # normalise_text's rules: hashing them as they are saves a second pass.
+        self._normalise = (lambda t: t) if normalised_inputs else normalise_text
         self.namespace = namespace
         self.ttl_s = ttl_s
         self._clock = clock
@@ -98,8 +102,19 @@ class ExactCache:
     def key(self, text: str) -> bytes:
         """``b"x:" + 32 hex digits`` of BLAKE2b(namespace digest, normalised text)."""
         h = hashlib.blake2b(self._ns, digest_size=16)
-        h.update(normalise_text(text).encode("utf-8", "surrogatepass"))
+        h.update(self._normalise(text).encode("utf-8", "surrogatepass"))
         return b"x:" + h.hexdigest().encode()
+
+    async def lookup(self, key: bytes) -> Result | None:
+        """The cached answer under ``key`` (from :meth:`key`), counted as a hit or a miss.
+
+        For callers that try the cache before setting up a computation; they then pass
+        ``looked_up=True`` to :meth:`get_or_compute` so the store is not asked twice.
+        """
+        started = self._clock()
+        hit = self._decode(await self.store.get(key), started)
+        self._metrics.lookup(self.kind, "miss" if hit is None else "hit", self._clock() - started)
+        return hit
 
     def _decode(self, raw: bytes | None, started: float) -> Result | None:
         if raw is None:
@@ -149,14 +164,22 @@ class ExactCache:
             await self.store.set_many(items, self.ttl_s)
         return len(items)
 
-    async def get_or_compute(self, text: str, compute: Callable[[], Awaitable[Result]]) -> Result:
+    async def get_or_compute(
+        self,
+        text: str,
+        compute: Callable[[], Awaitable[Result]],
+        *,
+        key: bytes | None = None,
+        looked_up: bool = False,
+    ) -> Result:
         """The cached answer, else ``await compute()`` (stored if cacheable).
 
         Concurrent calls for the same key share one lookup and one computation: they
         get the leader's result, or its exception. If the leader is cancelled, a
-        waiting caller takes over.
+        waiting caller takes over. ``looked_up``: the caller just missed in
+        :meth:`lookup` under ``key``; go straight to computing (or joining).
         """
-        key = self.key(text)
+        key = key if key is not None else self.key(text)
         while (flight := self._flights.get(key)) is not None:
             started = self._clock()
             await flight.done.wait()
@@ -167,11 +190,7 @@ class ExactCache:
                 raise flight.error
         flight = self._flights[key] = _Flight()
         try:
-            started = self._clock()
-            hit = self._decode(await self.store.get(key), started)
-            self._metrics.lookup(
-                self.kind, "miss" if hit is None else "hit", self._clock() - started
-            )
+            hit = None if looked_up else await self.lookup(key)
             if hit is not None:
                 flight.result = hit
                 return hit

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tiergate.metrics import BoundLabels
+
 __all__ = ["CacheMetrics", "NullCacheMetrics", "PrometheusCacheMetrics"]
 
 _LOOKUP_BUCKETS = (
@@ -115,9 +117,10 @@ class PrometheusCacheMetrics:
             ["store", "op"],
             registry=r,
         )
-        self.up = Gauge(
-            "tiergate_cache_store_up", "1 when the store is reachable.", ["store"], registry=r
-        )
+        self.up = Gauge(  # multiprocess: 0 if any live worker cannot reach it
+            "tiergate_cache_store_up", "1 when the store is reachable.", ["store"], registry=r,
+            multiprocess_mode="livemin",
+        )  # fmt: skip
         self.audits = Counter(
             "tiergate_cache_semantic_audits",
             "Semantic hits re-checked against the cascade, by outcome.",
@@ -128,27 +131,35 @@ class PrometheusCacheMetrics:
             "tiergate_cache_semantic_false_hit_rate",
             "Measured false-hit rate of audited semantic hits at the current threshold.",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.false_hit_upper = Gauge(
             "tiergate_cache_semantic_false_hit_upper_bound",
             "Clopper-Pearson upper confidence bound of the semantic false-hit rate.",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.threshold_gauge = Gauge(
             "tiergate_cache_semantic_threshold",
             "Current cosine-similarity threshold of the semantic cache.",
             registry=r,
+            multiprocess_mode="livemin",  # each worker audits its own: show the loosest
         )
         self.entries_gauge = Gauge(
-            "tiergate_cache_entries", "Entries held in process, by kind.", ["kind"], registry=r
-        )
+            "tiergate_cache_entries", "Entries held in process, by kind.", ["kind"], registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        # Children bound once: lookups and stores run on every request.
+        self._lookups = BoundLabels(self.lookups)
+        self._latency = BoundLabels(self.latency)
+        self._stores = BoundLabels(self.stores)
 
     def lookup(self, kind: str, result: str, seconds: float) -> None:
-        self.lookups.labels(kind, result).inc()
-        self.latency.labels(kind).observe(seconds)
+        self._lookups(kind, result).inc()
+        self._latency(kind).observe(seconds)
 
     def stored(self, kind: str, stored: bool) -> None:
-        self.stores.labels(kind, "yes" if stored else "no").inc()
+        self._stores(kind, "yes" if stored else "no").inc()
 
     def eviction(self, store: str, count: int) -> None:
         self.evictions.labels(store).inc(count)

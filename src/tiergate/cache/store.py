@@ -9,11 +9,11 @@ what makes an in-process layer in front of a shared Redis safe.
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
-
-from cachetools import TLRUCache
 
 from tiergate.cache.metrics import CacheMetrics, NullCacheMetrics
 from tiergate.errors import ConfigError
@@ -46,21 +46,14 @@ class CacheStore(Protocol):
     async def close(self) -> None: ...
 
 
-class _CountingTLRU(TLRUCache[bytes, tuple[bytes, float]]):
-    """A TLRU cache whose ``popitem`` (called only to make room) reports evictions."""
-
-    def __init__(self, maxsize: int, timer: Callable[[], float], on_evict: Callable[[], None]):
-        super().__init__(maxsize, ttu=lambda _k, v, now: now + v[1], timer=timer)
-        self._on_evict = on_evict
-
-    def popitem(self) -> tuple[bytes, tuple[bytes, float]]:
-        item = super().popitem()
-        self._on_evict()
-        return item
-
-
 class MemoryStore:
-    """In-process LRU with a per-entry TTL (cachetools ``TLRUCache``); counts evictions.
+    """In-process LRU with a per-entry TTL; O(1) per operation; counts evictions.
+
+    An ``OrderedDict`` (C-implemented links, no per-entry Python node objects) keeps
+    recency; expiry is checked when an entry is read, and capacity bounds what expired
+    entries can hold. Entries are ``(bytes, float)`` tuples, which the garbage collector
+    stops tracking after their first collection, so a full cache adds nothing to GC
+    pauses (a node-per-entry LRU adds one tracked object per entry).
 
     >>> store = MemoryStore(max_items=1000, default_ttl_s=3600)
     """
@@ -78,36 +71,56 @@ class MemoryStore:
             raise ConfigError(f"max_items must be >= 1, got {max_items}", max_items=max_items)
         self.name = name
         self.default_ttl_s = default_ttl_s
+        self.max_items = max_items
         self.evictions = 0
         self._metrics = metrics or NullCacheMetrics()
-        self._data = _CountingTLRU(max_items, clock, self._evicted)
+        self._clock = clock
+        self._data: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"MemoryStore(max_items={self._data.maxsize}, items={len(self._data)})"
+        return f"MemoryStore(max_items={self.max_items}, items={len(self._data)})"
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def _evicted(self) -> None:
-        self.evictions += 1
-        self._metrics.eviction(self.name, 1)
+    def peek(self, key: bytes) -> bytes | None:
+        """:meth:`get` without a coroutine (the service's inline cache-hit path)."""
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= self._clock():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return entry[0]
 
     async def get(self, key: bytes) -> bytes | None:
-        entry = self._data.get(key)
-        return None if entry is None else entry[0]
+        return self.peek(key)
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        return [await self.get(k) for k in keys]
+        return [self.peek(k) for k in keys]
+
+    def put(self, key: bytes, value: bytes, ttl_s: float | None = None) -> None:
+        """:meth:`set` without a coroutine."""
+        ttl = ttl_s if ttl_s is not None else self.default_ttl_s
+        now = self._clock()
+        data = self._data
+        data[key] = (value, math.inf if ttl is None else now + ttl)
+        data.move_to_end(key)
+        if len(data) > self.max_items:
+            _, (_, expires) = data.popitem(last=False)
+            if expires > now:  # an expired entry making room is not a capacity eviction
+                self.evictions += 1
+                self._metrics.eviction(self.name, 1)
 
     async def set(self, key: bytes, value: bytes, ttl_s: float | None = None) -> None:
-        ttl = ttl_s if ttl_s is not None else self.default_ttl_s
-        self._data[key] = (value, float("inf") if ttl is None else ttl)
+        self.put(key, value, ttl_s)
 
     async def set_many(
         self, items: Sequence[tuple[bytes, bytes]], ttl_s: float | None = None
     ) -> None:
         for key, value in items:
-            await self.set(key, value, ttl_s)
+            self.put(key, value, ttl_s)
 
     async def delete(self, key: bytes) -> None:
         self._data.pop(key, None)
