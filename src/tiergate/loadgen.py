@@ -6,6 +6,11 @@ server shows up as latency instead of silently lowering the offered load (the
 "coordinated omission" trap of closed-loop tools). Closed-loop mode (``concurrency``)
 keeps C requests in flight, like wrk.
 
+An open-loop run is scheduled by index: :func:`open_loop_count` fixes the number of
+requests up front as an integer and request ``i`` is due ``i / rate`` seconds after the
+start. (Comparing ``start + i * interval`` against the end of the run instead lets float
+rounding, which grows with the clock's value, add or drop a request at the boundary.)
+
 The HTTP/1.1 client is a minimal keep-alive client on asyncio streams: a generic
 client costs more CPU per request than the gateway itself on a 2-core machine.
 """
@@ -13,9 +18,10 @@ client costs more CPU per request than the gateway itself on a 2-core machine.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,9 +29,34 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 
-__all__ = ["LoadResult", "run_load", "summarize"]
+__all__ = ["LoadResult", "open_loop_count", "run_load", "summarize"]
 
 _MAX_IDLE_S = 4.0  # below uvicorn's default 5 s keep-alive timeout
+_COUNT_TOLERANCE = 1e-9  # relative; far above float noise, far below one request
+
+
+def open_loop_count(rate: float, duration_s: float) -> int:
+    """How many requests an open-loop run at ``rate`` req/s for ``duration_s`` sends.
+
+    Request ``i`` is due at ``i / rate`` s; the run sends every request due in
+    ``[0, duration_s)``, that is ``ceil(rate * duration_s)``, except that a product
+    within a relative 1e-9 of an integer counts as that integer: float noise never adds
+    or drops a request (``70 * 0.1`` is ``7.000000000000001``, and 7 requests go out).
+
+    >>> open_loop_count(50, 0.2), open_loop_count(70, 0.1), open_loop_count(3, 0.5)
+    (10, 7, 2)
+    """
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a positive number of requests/s, not {rate!r}")
+    if not math.isfinite(duration_s):
+        raise ValueError(f"duration_s must be finite, not {duration_s!r}")
+    x = rate * duration_s
+    if x <= 0:
+        return 0
+    k = round(x)
+    if k > 0 and abs(x - k) <= _COUNT_TOLERANCE * x:
+        return int(k)
+    return math.ceil(x)  # at least 1: request 0 is due at once
 
 
 @dataclass
@@ -113,25 +144,32 @@ async def run_load(
     keep_responses: bool = False,
     progress: Callable[[float, LoadResult], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> LoadResult:
     """Drive ``url`` (a POST endpoint) with ``bodies`` (cycled) for ``duration_s``.
 
-    Give ``rate`` (requests/s, open loop) or ``concurrency`` (closed loop).
+    Give ``rate`` (requests/s, open loop: exactly :func:`open_loop_count` requests) or
+    ``concurrency`` (closed loop). ``clock`` and ``sleep`` set the time base.
     """
     if (rate is None) == (concurrency is None):
         raise ValueError("give exactly one of rate or concurrency")
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+    n_open = open_loop_count(rate, duration_s) if rate is not None else 0
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     heads = [_head(host, port, path, b) for b in bodies]
-    res = LoadResult(mode="open" if rate else "closed", target_rate=rate, concurrency=concurrency)
+    res = LoadResult(
+        mode="open" if rate is not None else "closed", target_rate=rate, concurrency=concurrency
+    )
     idle: list[_Conn] = []
     n_conns = 0
     start = clock()
 
-    def record(intended: float, status: int, payload: bytes) -> None:
+    def record(intended: float, offset: float, status: int, payload: bytes) -> None:
         res.latencies_s.append(clock() - intended)
         res.status_latencies.append((status, res.latencies_s[-1]))
-        res.send_offsets_s.append(intended - start)
+        res.send_offsets_s.append(offset)
         res.statuses[status] += 1
         if keep_responses:
             res.responses.append((status, payload))
@@ -140,7 +178,7 @@ async def run_load(
         elif status >= 500 and payload:
             res.error_reasons[_error_reason(status, payload)] += 1
 
-    async def one(i: int, intended: float) -> None:
+    async def one(i: int, intended: float, offset: float) -> None:
         nonlocal n_conns
         conn = idle.pop() if idle else None
         if conn is not None and clock() - conn.last_used > _MAX_IDLE_S:
@@ -169,36 +207,33 @@ async def run_load(
                 failure = e
             res.transport_errors[type(failure).__name__] += 1
             res.latencies_s.append(clock() - intended)
-            res.send_offsets_s.append(intended - start)
+            res.send_offsets_s.append(offset)
             n_conns -= 1
             return
         conn.last_used = clock()
-        record(intended, status, payload)
+        record(intended, offset, status, payload)
         idle.append(conn)
 
     tasks: set[asyncio.Task[None]] = set()
     last_report = start
     if rate is not None:
-        interval = 1.0 / rate
-        i = 0
-        while True:
-            intended = start + i * interval
-            if intended - start >= duration_s:
-                break
+        # The count is fixed up front; the send time is for sleeping only.
+        for i in range(n_open):
+            offset = i / rate
+            intended = start + offset
             now = clock()
             if intended > now:
-                await asyncio.sleep(intended - now)
+                await sleep(intended - now)
             if n_conns >= max_connections and not idle:
                 # Client-side saturation: count it instead of queueing without bound.
                 res.transport_errors["client_saturated"] += 1
                 res.latencies_s.append(timeout_s)
-                res.send_offsets_s.append(intended - start)
+                res.send_offsets_s.append(offset)
             else:
-                t = asyncio.create_task(one(i, intended))
+                t = asyncio.create_task(one(i, intended, offset))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
-            i += 1
-            res.sent = i
+            res.sent = i + 1
             if progress and clock() - last_report > 1.0:
                 last_report = clock()
                 progress(last_report - start, res)
@@ -207,14 +242,16 @@ async def run_load(
         counter = iter(range(1 << 62))
 
         async def worker() -> None:
+            # Closed loop: the count is whatever completes in the time, by design.
             while clock() - start < duration_s:
                 i = next(counter)
                 res.sent = i + 1
-                await one(i, clock())
+                now = clock()
+                await one(i, now, now - start)
 
         async def reporter() -> None:
             while clock() - start < duration_s:
-                await asyncio.sleep(1.0)
+                await sleep(1.0)
                 if progress:
                     progress(clock() - start, res)
 

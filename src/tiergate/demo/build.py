@@ -47,6 +47,7 @@ __all__ = [
     "MANIFEST_NAME",
     "OUTPUTS",
     "build_demo",
+    "built_config",
     "default_demo_dir",
 ]
 
@@ -350,6 +351,16 @@ def _is_built(target: Path) -> bool:
         _recipe(target / f"steps/{step.key}.json") == _RECIPES.get(step.key, 1) for step in _STEPS
     )
     return current and all((target / o).exists() for o in OUTPUTS)
+
+
+def built_config(target: Path) -> Path | None:
+    """The ``config.yaml`` of a complete, current build in ``target``; ``None`` if there is none.
+
+    Reads only the manifest and step records (no model, no torch): cheap enough to ask
+    before serving, as :func:`build_demo` itself does before building.
+    """
+    target = Path(target).expanduser().resolve()
+    return target / CONFIG_NAME if _is_built(target) else None
 
 
 def _remove_partials(target: Path) -> None:

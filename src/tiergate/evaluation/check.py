@@ -43,6 +43,7 @@ FORMAT = "tiergate.check/1"
 Progress = Callable[[str], None]
 
 _ROUTE = "/v1/predict"
+_EDGE_TOLERANCE = 1e-9  # relative, in buckets: float noise, not a real offset
 # name, label, bound direction, unit, display format of target and measured values
 _SLOS: tuple[tuple[str, str, Literal["max", "min"], str, str], ...] = (
     ("p99_ms", "p99 latency", "max", "ms", "{:.2f}"),
@@ -169,7 +170,7 @@ def check_config(
     from tiergate.config import load_config
     from tiergate.evaluation.evaluate import evaluate_config
     from tiergate.evaluation.plots import require_report_deps
-    from tiergate.loadgen import run_load, summarize
+    from tiergate.loadgen import open_loop_count, run_load, summarize
     from tiergate.offline import read_labelled
 
     say = progress or (lambda _msg: None)
@@ -203,9 +204,12 @@ def check_config(
     )
 
     # Warm up on the inputs in reverse order so the measured run does not start
-    # with inputs the service has just seen (caches would flatter it).
-    bodies = request_bodies(texts, min(int(load_rate * duration_s) + 1, 200_000), 0.0)
-    warm = request_bodies(texts[::-1], max(1, int(load_rate * warmup_s)), 0.0)
+    # with inputs the service has just seen (caches would flatter it). One body per
+    # request (the load generator cycles them): exactly as many as each run sends.
+    bodies = request_bodies(
+        texts, max(1, min(open_loop_count(load_rate, duration_s), 200_000)), 0.0
+    )
+    warm = request_bodies(texts[::-1], max(1, open_loop_count(load_rate, warmup_s)), 0.0)
 
     def load_progress(t: float, res: LoadResult) -> None:
         done = sum(res.statuses.values())
@@ -322,7 +326,10 @@ def _timeline(
     bucket = 1.0 if duration_s >= 10 else max(duration_s / 10, 0.05)
     off = np.asarray(offsets_s, dtype=np.float64)
     lat = np.asarray(lat_ms, dtype=np.float64)
-    idx = np.floor(off / bucket).astype(np.int64) if off.size else np.zeros(0, np.int64)
+    # A send due on a bucket edge belongs to the bucket it opens, even when float
+    # division puts it a hair below (0.15 / 0.05 is 2.9999999999999996).
+    pos = off / bucket
+    idx = np.floor(pos + _EDGE_TOLERANCE * np.maximum(1.0, pos)).astype(np.int64)
     points = []
     for b in np.unique(idx):
         sel = lat[idx == b]
