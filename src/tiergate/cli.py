@@ -41,10 +41,38 @@ def demo_dir() -> Path:
     return tiergate_home() / "demo"
 
 
-def _demo_config(console: Console) -> Path:
-    from tiergate.demo.build import build_demo
+def _demo_config(console: Console, target: Path | None = None) -> Path:
+    """The demo's config in ``target`` (default :func:`demo_dir`), built first if need be.
 
-    path: Path = build_demo(demo_dir(), console=console)
+    The build imports torch and transformers, which would stay in memory for the life
+    of the process (about 1.4 GB of RSS in a server that never uses them again), so it
+    runs as ``tiergate demo build`` in a child process; its progress goes to stderr.
+    """
+    import subprocess
+
+    from tiergate.demo.build import built_config
+    from tiergate.errors import ConfigError
+
+    target = target or demo_dir()
+    path = built_config(target)
+    if path is not None:
+        return path
+    console.print(f"building the demo in {target} (first use: a few minutes) …", highlight=False)
+    command = [sys.executable, "-m", "tiergate", "demo", "build", "--dir", str(target)]
+    try:
+        # Not into our stdout, where `predict` prints JSON: the child's one line there
+        # names the config, which we know. Its stderr (the progress) is ours.
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    except OSError as exc:
+        raise ConfigError(f"could not start the demo build: {exc}", path=str(target)) from exc
+    path = built_config(target)
+    if done.returncode != 0 or path is None:
+        raise ConfigError(
+            f"building the demo in {target} failed (exit code {done.returncode}; its messages"
+            f" are above); retry with `tiergate demo build --dir {target}`",
+            path=str(target),
+            exit_code=done.returncode,
+        )
     return path
 
 
@@ -93,6 +121,10 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Processes sharing the port (SO_REUSEPORT); about one per core."),
+    ] = 1,
 ) -> None:
     """Serve a config over HTTP (the built-in demo without CONFIG)."""
     import uvicorn
@@ -100,6 +132,17 @@ def serve(
     from tiergate.api import create_app
     from tiergate.service import Service
 
+    if workers > 1:
+        from tiergate.workers import Supervisor
+
+        try:
+            path = config or _demo_config(err)
+            code = Supervisor(
+                path, workers=workers, host=host, port=port, log_level=log_level
+            ).run()
+        except TiergateError as exc:
+            raise _fail(exc) from None
+        raise typer.Exit(code)
     try:
         path = config or _demo_config(err)
         cfg = load_config(path)
@@ -122,6 +165,7 @@ def predict(
 ) -> None:
     """One-off predictions in-process; prints one JSON object per text."""
     from tiergate.service import Service
+    from tiergate.types import Result
 
     if args and args[0].endswith((".yaml", ".yml")):
         config_path: Path | None = Path(args[0])
@@ -134,12 +178,19 @@ def predict(
     try:
         cfg = load_config(config_path or _demo_config(err))
         service = Service.from_config(cfg, measure_costs=True)
-        results = asyncio.run(service.predict_batch(texts))
+
+        async def answer() -> list[Result]:
+            try:
+                await service.start()
+                return await service.predict_batch(texts)
+            finally:
+                await service.aclose()
+
+        results = asyncio.run(answer())
     except TiergateError as exc:
         raise _fail(exc) from None
     for r in results:
         sys.stdout.write(json.dumps(r.to_dict()) + "\n")
-    service.close()
 
 
 @app.command()
