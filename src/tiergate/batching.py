@@ -19,11 +19,20 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from tiergate.errors import DeadlineExceededError, OverloadError
-from tiergate.models.base import Probabilities
+
+
+class _Rows(Protocol):
+    """A batch's answer, sliced per request (a probability array, or a ``Scored``)."""
+
+    def __getitem__(self, index: slice, /) -> Any: ...
+
+
+R = TypeVar("R", bound=_Rows)
 
 __all__ = ["AimdLimit", "BatchLatencyModel", "MicroBatcher"]
 
@@ -86,19 +95,19 @@ class AimdLimit:
 
 
 @dataclass
-class _Item:
+class _Item(Generic[R]):
     texts: Sequence[str]
-    future: asyncio.Future[Probabilities]
+    future: asyncio.Future[R]
     deadline: float | None
     enqueued: float = field(default=0.0)
 
 
-class MicroBatcher:
+class MicroBatcher(Generic[R]):
     """Queue in front of one tier's model; see the module docstring for the policy."""
 
     def __init__(
         self,
-        run_batch: Callable[[list[str]], Awaitable[Probabilities]],
+        run_batch: Callable[[list[str]], Awaitable[R]],
         *,
         max_batch: int = 32,
         max_wait_s: float = 0.0,
@@ -119,7 +128,7 @@ class MicroBatcher:
         self.name = name
         self._clock = clock
         self._sleep = sleep
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[_Item[R]] = deque()
         self._queued_inputs = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -140,7 +149,7 @@ class MicroBatcher:
         """Inputs waiting (not yet in a running batch)."""
         return self._queued_inputs
 
-    async def submit(self, texts: Sequence[str], deadline: float | None = None) -> Probabilities:
+    async def submit(self, texts: Sequence[str], deadline: float | None = None) -> R:
         """Queue ``texts``; resolves with their probability rows, in order."""
         if self._queued_inputs + len(texts) > self.max_queue:
             raise OverloadError(
@@ -152,19 +161,19 @@ class MicroBatcher:
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._loop(), name=f"batcher-{self.name}")
-        item = _Item(texts, loop.create_future(), deadline, self._clock())
+        item: _Item[R] = _Item(texts, loop.create_future(), deadline, self._clock())
         self._queue.append(item)
         self._queued_inputs += len(texts)
         assert self._wakeup is not None
         self._wakeup.set()
         return await item.future
 
-    def _take(self) -> list[_Item]:
+    def _take(self) -> list[_Item[R]]:
         # FIFO up to max_batch inputs, and never so many that the batch, by the latency
         # model, would finish after the earliest deadline in it: the rest waits for the
         # next batch instead of making this one late for everybody. (Policy "aimd": up to
         # the AIMD limit, deadlines aside.)
-        batch: list[_Item] = []
+        batch: list[_Item[R]] = []
         size = 0
         now = self._clock()
         earliest = math.inf

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tiergate.errors import DeadlineExceededError, ModelError, OverloadError
+from tiergate.errors import DeadlineExceededError, ModelError, OverloadError, UpstreamError
 from tiergate.metrics import Metrics
-from tiergate.models.base import Probabilities
+from tiergate.models.base import Scored
 from tiergate.tier import Tier
 from tiergate.types import Result, TierAnswer
 
@@ -90,21 +90,28 @@ class Cascade:
                 if m:
                     m.tier_calls_by(tier.name, "skipped").inc(len(pending))
                 break
+            if tier.backing_off(self.clock()):
+                # The upstream asked for a pause (429/503 + Retry-After): honour it.
+                pending = self._fail(
+                    pending, best, reasons, f"rate_limited:{tier.name}", tier, "rate_limited"
+                )
+                continue
             if not tier.breaker.allow():
                 pending = self._fail(
                     pending, best, reasons, f"circuit_open:{tier.name}", tier, "circuit_open"
                 )
                 continue
             batch = [texts[j] for j in pending]
+            charge = 0.0 if tier.metered else tier.cost_per_call  # metered: after the call
             for j in pending:
                 paths[j].append(tier.name)
-                costs[j] += tier.cost_per_call
-            if m:
-                m.cost_by(tier.name).inc(tier.cost_per_call * len(pending))
+                costs[j] += charge
+            if m and charge:
+                m.cost_by(tier.name).inc(charge * len(pending))
             t0 = self.clock()
             timeout = min(tier.timeout_s, remaining - reserve)
             try:
-                probs = await self._call(tier, batch, deadline, timeout)
+                scored = await self._call(tier, batch, deadline, timeout)
             except TimeoutError:
                 reason = f"tier_timeout:{tier.name}" if timeout >= tier.timeout_s else "deadline"
                 pending = self._fail(pending, best, reasons, reason, tier, "timeout")
@@ -118,14 +125,33 @@ class Cascade:
             except OverloadError:
                 pending = self._fail(pending, best, reasons, "overload", tier, "shed")
                 continue
+            except UpstreamError as exc:
+                if exc.retry_after_s is not None:
+                    tier.back_off(self.clock() + exc.retry_after_s)
+                    reason, outcome = f"rate_limited:{tier.name}", "rate_limited"
+                else:
+                    reason, outcome = f"tier_error:{tier.name}", "error"
+                pending = self._fail(pending, best, reasons, reason, tier, outcome)
+                continue
             except ModelError:
                 pending = self._fail(
                     pending, best, reasons, f"tier_error:{tier.name}", tier, "error"
                 )
                 continue
             elapsed = self.clock() - t0
+            probs = scored.probs
+            metered = scored.costs
+            if metered is not None:  # token-priced: what the upstream says it used
+                for row, j in enumerate(pending):
+                    costs[j] += float(metered[row])
             if m:
                 m.tier_latency_by(tier.name).observe(elapsed)
+                if metered is not None:
+                    m.cost_by(tier.name).inc(float(metered.sum()))
+                if scored.tokens is not None:
+                    used = scored.tokens.sum(axis=0)
+                    m.tokens_by(tier.name, "prompt").inc(int(used[0]))
+                    m.tokens_by(tier.name, "completion").inc(int(used[1]))
             idx = probs.argmax(axis=1)
             conf = probs[np.arange(len(pending)), idx]
             last = i == len(self.tiers) - 1
@@ -135,7 +161,8 @@ class Cascade:
             for row, j in enumerate(pending):
                 c = float(conf[row])
                 best[j] = TierAnswer(
-                    tier.name, tier.labels[int(idx[row])], c, tier.cost_per_call,
+                    tier.name, tier.labels[int(idx[row])], c,
+                    tier.cost_per_call if metered is None else float(metered[row]),
                     per_item_ms, tier.version,
                 )  # fmt: skip
                 if last or (thr is not None and c >= thr):
@@ -156,40 +183,58 @@ class Cascade:
             for j in range(n)
         ]
 
-    async def _call(
-        self, tier: Tier, batch: list[str], deadline: float, timeout: float
-    ) -> Probabilities:
+    async def _call(self, tier: Tier, batch: list[str], deadline: float, timeout: float) -> Scored:
         # One tier call with retries of model errors (never of timeouts: a slow tier
         # retried is a slower tier), bounded by attempts, the deadline and the budget.
+        # A remote tier's UpstreamError says itself whether it is worth a retry, whether
+        # it counts against the breaker, and whether the upstream asked for a pause.
         tier.retry_budget.on_attempt()
         retry = 0
         while True:
             try:
-                probs = await asyncio.wait_for(tier.predict(batch, deadline), timeout)
+                scored = await asyncio.wait_for(tier.predict(batch, deadline), timeout)
             except TimeoutError:
                 tier.breaker.record(False)
                 raise
-            except ModelError:
-                tier.breaker.record(False)
-                left = deadline - self.clock()
-                if (
-                    retry >= tier.max_retries
-                    or left <= tier.latency.expected()
-                    or not tier.breaker.allow()
-                    or not tier.retry_budget.try_retry()
-                ):
+            except UpstreamError as exc:
+                if exc.unhealthy:
+                    tier.breaker.record(False)
+                else:
+                    tier.breaker.cancel()  # about this request, not the tier's health
+                if not exc.retryable or exc.retry_after_s is not None:
+                    raise
+                if not await self._may_retry(tier, retry, deadline):
                     raise
                 retry += 1
-                if self.metrics:
-                    self.metrics.retries_by(tier.name).inc()
-                await self.sleep(min(tier.backoff.delay(retry), max(left, 0.0)))
+                timeout = min(timeout, max(deadline - self.clock(), 0.0))
+                continue
+            except ModelError:
+                tier.breaker.record(False)
+                if not await self._may_retry(tier, retry, deadline):
+                    raise
+                retry += 1
                 timeout = min(timeout, max(deadline - self.clock(), 0.0))
                 continue
             except BaseException:
                 tier.breaker.cancel()  # shed, expired in queue or cancelled: no verdict
                 raise
             tier.breaker.record(True)
-            return probs
+            return scored
+
+    async def _may_retry(self, tier: Tier, retry: int, deadline: float) -> bool:
+        """Check the retry limits and, if one more attempt is allowed, back off first."""
+        left = deadline - self.clock()
+        if (
+            retry >= tier.max_retries
+            or left <= tier.latency.expected()
+            or not tier.breaker.allow()
+            or not tier.retry_budget.try_retry()
+        ):
+            return False
+        if self.metrics:
+            self.metrics.retries_by(tier.name).inc()
+        await self.sleep(min(tier.backoff.delay(retry + 1), max(left, 0.0)))
+        return True
 
     def _fail(
         self,

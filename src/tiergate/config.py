@@ -10,6 +10,7 @@ location in the file.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -38,9 +39,12 @@ __all__ = [
     "ExactCacheConfig",
     "FallbackConfig",
     "FaultConfig",
+    "HttpConfig",
     "LimitsConfig",
     "ModelConfig",
     "OnnxEmbeddingClassifierConfig",
+    "OpenAIChatModelConfig",
+    "OpenAICompletionsModelConfig",
     "PricingConfig",
     "RetryConfig",
     "SLOConfig",
@@ -48,6 +52,8 @@ __all__ = [
     "ServiceConfig",
     "SklearnModelConfig",
     "TierConfig",
+    "TokenPricing",
+    "V2InferModelConfig",
     "format_validation_error",
     "load_config",
     "multiprocess_metrics_dir",
@@ -101,8 +107,154 @@ class CallableModelConfig(_Frozen):
     labels: tuple[str, ...] = Field(min_length=2, description="Class labels, in column order.")
 
 
+class HttpConfig(_Frozen):
+    """The pooled HTTP client of one remote tier."""
+
+    connect_timeout_ms: float = Field(1000, gt=0, description="TCP connect timeout.")
+    read_timeout_ms: float = Field(30_000, gt=0, description="Wait for a response this long.")
+    max_connections: int = Field(32, ge=1, le=4096, description="Pool size (kept alive).")
+    max_concurrency: int = Field(
+        16, ge=1, le=4096, description="Most upstream calls in flight; more wait their turn."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra request headers (never secrets: see api_key_env)."
+    )
+
+
+class TokenPricing(_Frozen):
+    """Price of an LLM tier's tokens, per million, in currency units."""
+
+    prompt_per_million: float = Field(0.0, ge=0, description="Price of 1M prompt tokens.")
+    completion_per_million: float = Field(0.0, ge=0, description="Price of 1M completion tokens.")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What a call with these token counts costs."""
+        return (
+            prompt_tokens * self.prompt_per_million
+            + completion_tokens * self.completion_per_million
+        ) / 1e6
+
+
+class _RemoteModelConfig(_Frozen):
+    base_url: str = Field(
+        description="Server root, e.g. `http://10.0.0.5:8080` (no trailing route).",
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding the API key (sent as "
+        "`Authorization: Bearer`). The key itself never goes in a file.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+    )
+    http: HttpConfig = Field(HttpConfig(), description="Connection pool and timeouts.")
+
+    def api_key(self) -> str | None:
+        """The key from the environment (``None`` without ``api_key_env``)."""
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(f"environment variable {self.api_key_env} (api_key_env) is not set")
+        return key
+
+
+class _OpenAIModelConfig(_RemoteModelConfig):
+    model: str = Field(description="Model name the server knows (`model` in the request).")
+    labels: dict[str, str] = Field(
+        description="Each label and the single word the model answers it with, e.g. "
+        "`{positive: positive, negative: negative}`; columns follow this order.",
+        min_length=2,
+    )
+    top_logprobs: int = Field(
+        10, ge=2, le=20, description="Alternatives asked for the one output token."
+    )
+    pricing: TokenPricing = Field(TokenPricing(), description="Token prices.")
+
+    @field_validator("labels")
+    @classmethod
+    def _one_token_each(cls, v: dict[str, str]) -> dict[str, str]:
+        # What can be told without the model's tokenizer (the start-up probe checks
+        # the rest against the server's own tokenizer when it offers one).
+        words = {label: word.strip() for label, word in v.items()}
+        for label, word in words.items():
+            if not word or any(c.isspace() for c in word):
+                raise ValueError(
+                    f"label {label!r} is answered with {word!r}: it must be one word, since "
+                    "the class is read from the probability of a single output token"
+                )
+        folded = sorted((w.lower(), label) for label, w in words.items())
+        for (a, la), (b, lb) in itertools.pairwise(folded):
+            if b.startswith(a):
+                raise ValueError(
+                    f"labels {la!r} and {lb!r} are answered with {words[la]!r} and "
+                    f"{words[lb]!r}, which start alike: their first tokens would be shared, "
+                    "so one token's probability could not tell them apart"
+                )
+        return words
+
+
+class OpenAIChatModelConfig(_OpenAIModelConfig):
+    """An instruction-tuned LLM behind an OpenAI-compatible `/v1/chat/completions`."""
+
+    kind: Literal["openai-chat"] = Field(description="Model adapter kind.")
+    system: str = Field(
+        description="The instructions (system message); name the answer words in it."
+    )
+    prompt: str = Field(
+        "{input}", description="User message template; `{input}` is replaced by the input."
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_input(cls, v: str) -> str:
+        return _one_input_slot(v)
+
+
+class OpenAICompletionsModelConfig(_OpenAIModelConfig):
+    """A base LLM behind an OpenAI-compatible `/v1/completions` (few-shot prompt)."""
+
+    kind: Literal["openai-completions"] = Field(description="Model adapter kind.")
+    prompt: str = Field(
+        description="The whole prompt (e.g. a few examples), with `{input}` where the input "
+        "goes; the model's next token is the answer word."
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_input(cls, v: str) -> str:
+        return _one_input_slot(v)
+
+
+class V2InferModelConfig(_RemoteModelConfig):
+    """A model behind the Open Inference Protocol (KServe V2 REST: Triton, MLServer, ...)."""
+
+    kind: Literal["v2-infer"] = Field(description="Model adapter kind.")
+    model: str = Field(description="Model name in `/v2/models/{name}/infer`.")
+    model_version: str | None = Field(None, description="Model version, if the server has several.")
+    input_name: str = Field("text", description="Name of the BYTES input tensor.")
+    output_name: str = Field(
+        "probabilities", description="Name of the output holding class probabilities."
+    )
+    labels: tuple[str, ...] = Field(
+        min_length=2,
+        description="Class labels in the order of the output's columns (the protocol does "
+        "not return class names).",
+    )
+
+
+def _one_input_slot(template: str) -> str:
+    if template.count("{input}") != 1:
+        raise ValueError("the template must contain `{input}` exactly once")
+    return template
+
+
 ModelConfig = Annotated[
-    SklearnModelConfig | OnnxEmbeddingClassifierConfig | CallableModelConfig,
+    SklearnModelConfig
+    | OnnxEmbeddingClassifierConfig
+    | CallableModelConfig
+    | OpenAIChatModelConfig
+    | OpenAICompletionsModelConfig
+    | V2InferModelConfig,
     Field(discriminator="kind"),
 ]
 
@@ -195,11 +347,12 @@ class TierConfig(_Frozen):
         "auto",
         description="Where the model runs: 'thread' (the tier's own thread; the event loop "
         "stays free), 'inline' (on the event loop: no thread hop; only for models that "
-        "take well under a millisecond and cannot hang), 'auto' (inline when the call "
-        "measured at start-up took under `inline_below_ms` and no faults are injected).",
+        "take well under a millisecond and cannot hang), 'auto' (inline when a call "
+        "measured at start-up used under `inline_below_ms` of CPU and no faults are "
+        "injected; remote tiers are always awaited on the event loop).",
     )
     inline_below_ms: float = Field(
-        1.0, ge=0, le=100, description="Largest measured batch-1 call that 'auto' runs inline."
+        1.0, ge=0, le=100, description="Most CPU per batch-1 call that 'auto' runs inline, ms."
     )
     fault: FaultConfig | None = Field(None, description="Chaos testing: injected faults.")
 

@@ -9,6 +9,7 @@ TiergateError                      base; carries a machine-readable ``type``
 ├── OverloadError                  admission control shed the request (HTTP 429)
 ├── DeadlineExceededError          no tier answered in time, no fallback (HTTP 504)
 ├── ModelError                     a model adapter failed or returned garbage
+│   └── UpstreamError              a remote tier's server failed (status, retry, back-off)
 └── CalibrationError               thresholds cannot meet the declared target
 ```
 HTTP mapping lives in :mod:`tiergate.api`.
@@ -28,6 +29,7 @@ __all__ = [
     "NotReadyError",
     "OverloadError",
     "TiergateError",
+    "UpstreamError",
 ]
 
 
@@ -90,6 +92,35 @@ class ModelError(TiergateError):
     """A model adapter raised or returned output that is not a valid distribution."""
 
     type = "model_error"
+
+
+class UpstreamError(ModelError):
+    """A remote tier's upstream failed; the fields say how the cascade should react.
+
+    ``retryable``: worth another attempt within the retry budget (5xx, a reset
+    connection). ``unhealthy``: counts against the tier's circuit breaker (5xx,
+    connection refused/reset, timeouts; not a 4xx about this request).
+    ``retry_after_s``: the upstream asked not to be called for this long (429, or 503
+    with ``Retry-After``): the tier is skipped until then, without retries.
+    """
+
+    type = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        unhealthy: bool = True,
+        retry_after_s: float | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(message, status=status, **fields)
+        self.status = status
+        self.retryable = retryable
+        self.unhealthy = unhealthy
+        self.retry_after_s = retry_after_s
 
 
 class CalibrationError(TiergateError):

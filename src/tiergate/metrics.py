@@ -150,7 +150,14 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.tokens = Counter(
+            "tiergate_tokens",
+            "Tokens a metered (LLM) tier's upstream reported, by kind (prompt/completion).",
+            ["tier", "kind"],
+            registry=r,
+        )
         self._service = service
+        self.tokens_by = BoundLabels(self.tokens)
         # Children bound once: the request path never calls ``labels()``.
         self.requests_by = BoundLabels(self.requests)
         self.tier_calls_by = BoundLabels(self.tier_calls)

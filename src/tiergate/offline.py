@@ -139,14 +139,26 @@ def score_dataset(
         order = [tier.labels.index(lab) for lab in names]
         chunks = []
         cpu0, t0 = time.process_time(), time.perf_counter()
-        for start in range(0, len(texts), batch_size):
-            batch = list(texts[start : start + batch_size])
-            raw = tier.adapter.predict_batch(batch)
-            chunks.append(
-                check_probabilities(raw, len(batch), len(tier.labels), tier.name)[:, order]
-            )
+        metered: list[float] = []
+        step = batch_size if not tier.remote else max(batch_size, len(texts))
+        for start in range(0, len(texts), step):
+            batches = [
+                list(texts[i : i + batch_size])
+                for i in range(start, min(start + step, len(texts)), batch_size)
+            ]
+            for batch, scored in zip(batches, tier.raw_predict(batches), strict=True):
+                chunks.append(
+                    check_probabilities(scored.probs, len(batch), len(tier.labels), tier.name)[
+                        :, order
+                    ]
+                )
+                if scored.costs is not None:
+                    metered.extend(scored.costs.tolist())
             if progress:
-                progress(tier.name, min(start + batch_size, len(texts)), len(texts))
+                progress(tier.name, min(start + step, len(texts)), len(texts))
+        if tier.metered and metered:
+            # Token-priced: the cost model is what these calls measured.
+            tier.cost_per_call = float(np.mean(metered))
         all_probs.append(np.concatenate(chunks))
         cpu.append((time.process_time() - cpu0) / len(texts))
         lat.append((time.perf_counter() - t0) / max(1, len(chunks)))

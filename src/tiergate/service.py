@@ -16,7 +16,7 @@ from tiergate.config import ServiceConfig
 from tiergate.errors import ConfigError, DeadlineExceededError, ModelError, OverloadError
 from tiergate.guard import Guard
 from tiergate.metrics import Metrics
-from tiergate.models import ModelAdapter, load_adapter
+from tiergate.models import AsyncModelAdapter, ModelAdapter, is_async, load_adapter
 from tiergate.resilience import Admission, Backoff, BreakerPolicy, FaultInjector, FaultSpec
 from tiergate.resilience.breaker import STATE_VALUE
 from tiergate.resilience.retry import RetryBudget
@@ -92,7 +92,7 @@ class Service:
         cls,
         config: ServiceConfig,
         *,
-        adapters: dict[str, ModelAdapter] | None = None,
+        adapters: dict[str, ModelAdapter | AsyncModelAdapter] | None = None,
         require_calibration: bool = True,
         measure_costs: bool = True,
         clock: Callable[[], float] = time.perf_counter,
@@ -107,9 +107,9 @@ class Service:
         tiers: list[Tier] = []
         workers = 1
         for i, tc in enumerate(config.tiers):
-            adapter = adapters.get(tc.name) or load_adapter(tc.model)
-            if tc.fault is not None:
-                adapter = FaultInjector(adapter, FaultSpec(**tc.fault.model_dump()))
+            adapter = adapters.get(tc.name) or load_adapter(tc.model, name=tc.name)
+            if tc.fault is not None and not is_async(adapter):
+                adapter = FaultInjector(adapter, FaultSpec(**tc.fault.model_dump()))  # type: ignore[arg-type]
             last = i == len(config.tiers) - 1
             threshold = tc.threshold
             temperature = 1.0
@@ -298,15 +298,22 @@ class Service:
                     "timeout_ms": t.timeout_s * 1000.0,
                     "breaker": t.breaker.state,
                     "fault_injection": isinstance(t.adapter, FaultInjector),
+                    **({"upstream": t.adapter.status()} if t.remote else {}),  # type: ignore[union-attr]
                 }
                 for t in self.tiers
             ],
         }
 
+    async def start(self) -> None:
+        """Probe remote tiers (typed error if one is not ready); a no-op in process."""
+        for t in self.tiers:
+            await t.start()
+
     async def aclose(self) -> None:
         """Close caches (background audits, Redis connections) and tiers."""
         await self.caches.aclose()
-        self.close()
+        for t in self.tiers:
+            await t.aclose()
 
     def close(self) -> None:
         for t in self.tiers:

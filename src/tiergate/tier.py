@@ -9,10 +9,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from tiergate.batching import MicroBatcher
 from tiergate.calibration import apply_temperature
 from tiergate.errors import ModelError
-from tiergate.models.base import ModelAdapter, Probabilities, check_probabilities
+from tiergate.models.base import (
+    AsyncModelAdapter,
+    ModelAdapter,
+    Probabilities,
+    Scored,
+    check_probabilities,
+    is_async,
+)
 from tiergate.resilience.breaker import BreakerPolicy, CircuitBreaker
 from tiergate.resilience.retry import Backoff, RetryBudget
 
@@ -111,7 +120,7 @@ class Tier:
     def __init__(
         self,
         name: str,
-        adapter: ModelAdapter,
+        adapter: ModelAdapter | AsyncModelAdapter,
         *,
         threshold: float | None,
         temperature: float = 1.0,
@@ -142,6 +151,11 @@ class Tier:
         # Run the model on the event loop instead of the tier's thread (see _run_pool).
         self.inline = inline
         self.measured_call_s: float | None = None
+        # Remote adapters are awaited on the event loop: no thread, no inline call.
+        self.remote = is_async(adapter)
+        # Priced by the tokens the upstream reports per call, not a fixed cost per call.
+        self.metered = bool(getattr(adapter, "metered", False))
+        self._back_off_until = -math.inf
         self.labels = adapter.labels
         self.version = adapter.version
         self.breaker = CircuitBreaker(name, breaker or BreakerPolicy(), clock=clock)
@@ -178,8 +192,10 @@ class Tier:
 
     def predict_sync(self, texts: Sequence[str]) -> Probabilities:
         """Validated, temperature-scaled probabilities; raises ModelError on garbage."""
+        if self.remote:
+            raise ModelError(f"tier {self.name!r} is remote: use `await predict()`", tier=self.name)
         try:
-            raw = self.adapter.predict_batch(texts)
+            raw = self.adapter.predict_batch(texts)  # type: ignore[union-attr]
         except ModelError:
             raise
         except Exception as exc:  # a model's own failure becomes a typed ModelError
@@ -189,39 +205,94 @@ class Tier:
         probs = check_probabilities(raw, len(texts), len(self.labels), self.name)
         return apply_temperature(probs, self.temperature)
 
-    async def predict(self, texts: Sequence[str], deadline: float | None = None) -> Probabilities:
+    async def predict(self, texts: Sequence[str], deadline: float | None = None) -> Scored:
         """Queue for the tier's micro-batcher; the model runs off the event loop.
 
         The caller bounds the wait (its deadline); ``latency`` tracks queue + model time.
         """
         start = self._clock()
-        probs = await self.batcher.submit(texts, deadline)
+        scored = await self.batcher.submit(texts, deadline)
         self.latency.observe(self._clock() - start)
-        return probs
+        return scored
 
-    async def _run_pool(self, texts: list[str]) -> Probabilities:
+    async def _run_pool(self, texts: list[str]) -> Scored:
+        if self.remote:
+            return await self._run_remote(texts)
         if self.inline:
             # Cheaper than the hop: a thread round trip (executor future, self-pipe
             # wake-up, GIL hand-over) costs as much as a small sklearn batch.
-            return self.predict_sync(texts)
+            return Scored(self.predict_sync(texts))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.predict_sync, texts)
+        return Scored(await loop.run_in_executor(self._pool, self.predict_sync, texts))
+
+    async def _run_remote(self, texts: list[str]) -> Scored:
+        adapter: AsyncModelAdapter = self.adapter  # type: ignore[assignment]
+        try:
+            scored = await adapter.apredict_batch(texts)
+        except ModelError:
+            raise
+        except Exception as exc:  # an adapter's own failure becomes a typed ModelError
+            raise ModelError(
+                f"tier {self.name!r} failed: {type(exc).__name__}: {exc}", tier=self.name
+            ) from exc
+        probs = check_probabilities(scored.probs, len(texts), len(self.labels), self.name)
+        return Scored(apply_temperature(probs, self.temperature), scored.costs, scored.tokens)
+
+    def raw_predict(self, batches: Sequence[Sequence[str]]) -> list[Scored]:
+        """Raw (untempered) rows of each batch, unvalidated, for offline scoring.
+
+        In-process adapters are called directly; a remote tier runs all batches on one
+        private event loop and closes its connections after (this is for the CLI's
+        `calibrate`/`evaluate`, never called from a running loop).
+        """
+        adapter = self.adapter
+        if not isinstance(adapter, AsyncModelAdapter):
+            return [Scored(np.asarray(adapter.predict_batch(b), dtype=np.float64)) for b in batches]
+        remote = adapter
+
+        async def run() -> list[Scored]:
+            try:
+                return [await remote.apredict_batch(b) for b in batches]
+            finally:
+                await remote.aclose()
+
+        return asyncio.run(run())
 
     def measure_cost(self, sample: Sequence[str], cpu_second_price: float, calls: int = 20) -> None:
         """Derive ``cost_per_call`` from process CPU time of single calls (warm)."""
+        if self.remote:
+            return  # metered by tokens, or priced by config: the gateway's CPU is not the cost
         # Price the model itself: injected faults (chaos tests) must not hang start-up.
-        adapter: ModelAdapter = getattr(self.adapter, "inner", self.adapter)
+        adapter: ModelAdapter = getattr(self.adapter, "inner", self.adapter)  # type: ignore[arg-type]
         adapter.predict_batch(sample[:1])  # warm-up
         t0 = time.process_time()
-        walls = []
         for i in range(calls):
-            w0 = time.perf_counter()
             adapter.predict_batch([sample[i % len(sample)]])
-            walls.append(time.perf_counter() - w0)
         cpu = (time.process_time() - t0) / calls
-        self.measured_call_s = sorted(walls)[len(walls) // 2]
+        # CPU time, not wall time: it is what running inline costs the event loop, and
+        # it does not swing with whatever else the machine is doing at start-up.
+        self.measured_call_s = cpu
         if self.cost_derived:
             self.cost_per_call = cpu * cpu_second_price
+
+    def backing_off(self, now: float) -> bool:
+        """Has the upstream asked not to be called until a time still ahead?"""
+        return now < self._back_off_until
+
+    def back_off(self, until: float) -> None:
+        """Skip this tier until ``until`` (clock time), as a 429/503 Retry-After asked."""
+        self._back_off_until = max(self._back_off_until, until)
+
+    async def start(self) -> None:
+        """Check a remote upstream is ready (typed error if not); a no-op in process."""
+        if self.remote:
+            await self.adapter.start()  # type: ignore[union-attr]
+
+    async def aclose(self) -> None:
+        """:meth:`close`, and release a remote adapter's connection pool."""
+        if self.remote:
+            await self.adapter.aclose()  # type: ignore[union-attr]
+        self.close()
 
     def close(self) -> None:
         release = getattr(self.adapter, "release", None)

@@ -121,16 +121,19 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = None
         if state["service"] is not None:
+            await state["service"].start()  # remote tiers: a failed probe stops start-up
             loaded(state["service"])
         elif loader is not None:
 
             async def load() -> None:
                 try:
-                    state["service"] = await asyncio.to_thread(loader)
+                    s = await asyncio.to_thread(loader)
+                    await s.start()
                 except TiergateError as exc:
                     state["error"] = exc
                     return
-                loaded(state["service"])
+                state["service"] = s
+                loaded(s)
 
             task = asyncio.create_task(load())
         yield

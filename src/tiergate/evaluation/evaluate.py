@@ -145,11 +145,11 @@ def _batch1_latency(
     # Raw adapter calls, one text each: what one unbatched request costs the model.
     rng = np.random.default_rng(seed)
     sample = [texts[int(i)] for i in rng.integers(0, len(texts), _LATENCY_CALLS)]
-    tier.adapter.predict_batch(sample[:1])  # warm-up
+    tier.raw_predict([sample[:1]])  # warm-up
     ms = []
     for i, text in enumerate(sample, start=1):
         t0 = time.perf_counter()
-        tier.adapter.predict_batch([text])
+        tier.raw_predict([[text]])
         ms.append((time.perf_counter() - t0) * 1000.0)
         if progress:
             progress(f"latency {tier.name}", i, len(sample))

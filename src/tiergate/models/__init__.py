@@ -6,24 +6,45 @@ from tiergate.config import (
     CallableModelConfig,
     ModelConfig,
     OnnxEmbeddingClassifierConfig,
+    OpenAIChatModelConfig,
+    OpenAICompletionsModelConfig,
     SklearnModelConfig,
+    V2InferModelConfig,
 )
-from tiergate.models.base import ModelAdapter, Probabilities, check_probabilities
+from tiergate.models.base import (
+    AsyncModelAdapter,
+    ModelAdapter,
+    Probabilities,
+    Scored,
+    check_probabilities,
+    is_async,
+)
 from tiergate.models.callable import CallableAdapter, import_callable
 from tiergate.models.sklearn import SklearnAdapter
 
 __all__ = [
+    "AsyncModelAdapter",
     "CallableAdapter",
     "ModelAdapter",
     "Probabilities",
+    "Scored",
     "SklearnAdapter",
     "check_probabilities",
+    "is_async",
     "load_adapter",
 ]
 
 
-def load_adapter(cfg: ModelConfig) -> ModelAdapter:
-    """Build the adapter a tier's ``model:`` section describes."""
+def load_adapter(cfg: ModelConfig, *, name: str = "tier") -> ModelAdapter | AsyncModelAdapter:
+    """Build the adapter a tier's ``model:`` section describes (``name``: the tier's)."""
+    if isinstance(cfg, OpenAIChatModelConfig | OpenAICompletionsModelConfig):
+        from tiergate.models.openai import OpenAIClassifier
+
+        return OpenAIClassifier(cfg, name=name)
+    if isinstance(cfg, V2InferModelConfig):
+        from tiergate.models.v2 import V2InferClassifier
+
+        return V2InferClassifier(cfg, name=name)
     if isinstance(cfg, SklearnModelConfig):
         return SklearnAdapter.load(cfg.path)
     if isinstance(cfg, OnnxEmbeddingClassifierConfig):

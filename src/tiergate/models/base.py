@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -10,9 +11,40 @@ import numpy.typing as npt
 
 from tiergate.errors import ModelError
 
-__all__ = ["ModelAdapter", "Probabilities", "check_probabilities"]
+__all__ = [
+    "AsyncModelAdapter",
+    "ModelAdapter",
+    "Probabilities",
+    "Scored",
+    "check_probabilities",
+    "is_async",
+]
 
 Probabilities = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A model call's rows: probabilities and, for metered (token-priced) tiers, costs.
+
+    ``costs`` holds each row's cost in currency units and ``tokens`` each row's
+    ``(prompt, completion)`` token counts; both are ``None`` for tiers priced per call.
+    Slicing (``scored[a:b]``) slices every field, as the micro-batcher does per request.
+    """
+
+    probs: Probabilities
+    costs: npt.NDArray[np.float64] | None = None
+    tokens: npt.NDArray[np.int64] | None = None
+
+    def __getitem__(self, index: slice, /) -> Scored:
+        return Scored(
+            self.probs[index],
+            None if self.costs is None else self.costs[index],
+            None if self.tokens is None else self.tokens[index],
+        )
+
+    def __len__(self) -> int:
+        return len(self.probs)
 
 
 @runtime_checkable
@@ -32,6 +64,36 @@ class ModelAdapter(Protocol):
     def version(self) -> str: ...
 
     def predict_batch(self, texts: Sequence[str]) -> Probabilities: ...
+
+
+@runtime_checkable
+class AsyncModelAdapter(Protocol):
+    """A classifier whose calls are I/O (a remote model server or LLM API).
+
+    ``apredict_batch`` is awaited on the event loop (no thread per call) and returns
+    :class:`Scored` rows; ``start()`` checks the upstream is ready (and raises a typed
+    error saying why not) before the service takes traffic; ``aclose()`` releases the
+    connection pool. ``status()`` is what ``/readyz`` shows of the upstream.
+    """
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    @property
+    def version(self) -> str: ...
+
+    async def apredict_batch(self, texts: Sequence[str]) -> Scored: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def status(self) -> dict[str, object]: ...
+
+
+def is_async(adapter: object) -> bool:
+    """Whether ``adapter`` is awaited (remote) rather than called in a thread."""
+    return callable(getattr(adapter, "apredict_batch", None))
 
 
 def check_probabilities(probs: object, n: int, k: int, model: str) -> Probabilities:
