@@ -114,6 +114,7 @@ class MicroBatcher(Generic[R]):
         max_queue: int = 1024,
         name: str = "tier",
         aimd_target_s: float | None = None,
+        gather_turns: int = 0,
         clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -135,6 +136,9 @@ class MicroBatcher(Generic[R]):
         self.latency = BatchLatencyModel()
         self.batch_sizes: deque[int] = deque(maxlen=1024)
         self.dropped_expired = 0
+        # Event-loop turns yielded before taking a batch (a tier that runs inline blocks
+        # the loop while it runs, so requests that arrived meanwhile are not parsed yet).
+        self.gather_turns = gather_turns
         # Called with the size of every batch run (the service exports a histogram).
         self.on_batch: Callable[[int], None] | None = None
 
@@ -228,6 +232,12 @@ class MicroBatcher(Generic[R]):
             while self._queue:
                 if self.max_wait_s > 0 and self._queued_inputs < self.max_batch:
                     await self._hold()
+                for _ in range(self.gather_turns):
+                    if self._queued_inputs >= self.max_batch:
+                        break
+                    # Let the loop read and parse what already sits in its sockets:
+                    # those requests join this batch instead of waiting for the next.
+                    await self._sleep(0)
                 batch = self._take()
                 if not batch:
                     continue

@@ -347,12 +347,13 @@ class TierConfig(_Frozen):
         "auto",
         description="Where the model runs: 'thread' (the tier's own thread; the event loop "
         "stays free), 'inline' (on the event loop: no thread hop; only for models that "
-        "take well under a millisecond and cannot hang), 'auto' (inline when a call "
-        "measured at start-up used under `inline_below_ms` of CPU and no faults are "
-        "injected; remote tiers are always awaited on the event loop).",
+        "take about a millisecond and cannot hang), 'auto' (inline for sklearn and "
+        "callable models whose batch-1 call measured at start-up used under "
+        "`inline_below_ms` of CPU, with no faults injected; remote tiers are always "
+        "awaited on the event loop).",
     )
     inline_below_ms: float = Field(
-        1.0, ge=0, le=100, description="Most CPU per batch-1 call that 'auto' runs inline, ms."
+        2.0, ge=0, le=100, description="Most CPU per batch-1 call that 'auto' runs inline, ms."
     )
     fault: FaultConfig | None = Field(None, description="Chaos testing: injected faults.")
 

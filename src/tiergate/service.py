@@ -28,6 +28,12 @@ __all__ = ["Service"]
 log = logging.getLogger("tiergate")
 _AUDIT_DEADLINE_S = 5.0
 _GRACE_S = 0.02
+# uvicorn reads a request in one loop turn and runs its handler in the next: two turns
+# let requests that arrived during an inline batch join the following one.
+_INLINE_GATHER_TURNS = 3
+# Kinds that hold the GIL while they compute: a thread gives them no overlap, only a
+# hop. (onnxruntime releases the GIL and runs its own threads: it keeps its thread.)
+_GIL_BOUND_KINDS = ("sklearn", "callable")
 
 _COST_PROBE = (
     "a gorgeous, moving film",
@@ -154,9 +160,12 @@ class Service:
             t.inline = tc.executor == "inline" or (
                 tc.executor == "auto"
                 and tc.fault is None
+                and tc.model.kind in _GIL_BOUND_KINDS
                 and t.measured_call_s is not None
                 and t.measured_call_s * 1000.0 < tc.inline_below_ms
             )
+            if t.inline:
+                t.batcher.gather_turns = _INLINE_GATHER_TURNS
         return cls(config, tiers, calibration, clock=clock)
 
     @property
