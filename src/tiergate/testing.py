@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +23,10 @@ from tiergate.errors import TiergateError
 from tiergate.models.base import Probabilities
 
 __all__ = [
+    "LlamaServer",
+    "MLServer",
     "ManualClock",
+    "PeerProcess",
     "RedisServer",
     "ScriptedModel",
     "free_port",
@@ -183,3 +188,112 @@ class RedisServer:
             self.proc.kill()  # by PID; SIGKILL is what an outage looks like
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+class PeerProcess:
+    """A real upstream server process on loopback, started and stopped by PID.
+
+    ``ready_path`` is polled until it answers 200. :meth:`freeze`/:meth:`thaw` send
+    SIGSTOP/SIGCONT (a hung upstream), :meth:`kill` SIGKILL (a crash); :meth:`start`
+    again restarts it on the same port.
+    """
+
+    def __init__(self, argv: list[str], port: int, ready_path: str, *, cwd: str | None = None,
+                 ready_timeout_s: float = 180.0) -> None:  # fmt: skip
+        self.argv = argv
+        self.port = port
+        self.ready_path = ready_path
+        self.cwd = cwd
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> PeerProcess:
+        import httpx
+
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, stdout=self._log, stderr=self._log)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        out = self.output()
+        self.stop()
+        raise TiergateError(f"{self.argv[0]} did not become ready on {self.url}: {out[-2000:]}")
+
+    def output(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return str(self._log.read().decode(errors="replace"))
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> PeerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def LlamaServer(python: str, model: str, port: int | None = None) -> PeerProcess:
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python) serving a GGUF file."""
+    port = port or free_port()
+    argv = [python, "-m", "llama_cpp.server", "--model", model, "--model_alias", "gemma",
+            "--host", "127.0.0.1", "--port", str(port), "--n_threads", "2",
+            "--logits_all", "true", "--verbose", "false"]  # fmt: skip
+    return PeerProcess(argv, port, "/v1/models")
+
+
+def MLServer(mlserver: str, model_dir: str, port: int | None = None) -> PeerProcess:
+    """MLServer (KServe V2 REST) serving the model repository ``model_dir``.
+
+    Writes ``settings.json`` there: loopback only, no gRPC/metrics ports in use, and
+    ``parallel_workers: 0`` (its default inference pool failed to load models here).
+    """
+    import json
+
+    port = port or free_port()
+    settings = {"debug": False, "host": "127.0.0.1", "http_port": port,
+                "grpc_port": free_port(), "metrics_port": free_port(),
+                "metrics_endpoint": None, "parallel_workers": 0,
+                "load_models_at_startup": True}  # fmt: skip
+    with open(f"{model_dir}/settings.json", "w", encoding="utf-8") as f:
+        json.dump(settings, f)
+    return PeerProcess([mlserver, "start", model_dir], port, "/v2/health/ready")
