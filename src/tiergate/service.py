@@ -215,6 +215,9 @@ class Service:
 
     def _breaker_changed(self, tier: str, state: str) -> None:
         self.metrics.breaker_transitions.labels(tier, state).inc()
+        # Set at the transition too, not only at a scrape: under `--workers N` the merged
+        # gauge must not show another worker's state as of its last scrape.
+        self.metrics.breaker_state.labels(tier).set(STATE_VALUE[state])  # type: ignore[index]
         log.warning("circuit breaker of tier %r is now %s", tier, state)
 
     async def _answer(self, text: str, start: float, deadline: float) -> Result:

@@ -112,10 +112,11 @@ def create_app(
     watches: list[GcWatch] = []
 
     def loaded(s: Service) -> None:
-        watches.append(GcWatch(s.metrics.observe_gc_pause).install())
         if gc_policy is not None:
             frozen = prepare_for_serving(gc_policy)
             log.info("heap frozen after loading (%d objects); %r", frozen, gc_policy)
+        # Installed after the start-up collection: the histogram shows pauses in service.
+        watches.append(GcWatch(s.metrics.observe_gc_pause).install())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

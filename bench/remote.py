@@ -1,0 +1,576 @@
+"""Remote tiers against real peers: an LLM tier, V2 batching and the gateway's overhead.
+
+In one run, on this machine, all on loopback (issue 10's "Done when" measurements):
+
+1. **llm**: Gemma-3-270M (Q4_K_M GGUF) behind llama.cpp's OpenAI-compatible server as an
+   `openai-completions` tier with a 4-shot prompt built from demo TRAIN snippets. On
+   ``--n-llm`` demo test snippets, called directly with `OpenAIClassifier` (sequential, so
+   latency is one call's): accuracy, mean prompt/completion tokens, p50/p99 per call. Then
+   the cascade demo fast tier → gemma: `tiergate calibrate` on the first ``--n-calib``
+   calibration snippets (target: the tier's measured accuracy minus ``--margin``; if
+   refused, once more at the bound the refusal names) and `tiergate evaluate` on the same
+   test snippets (report.json: accuracy, escalation share, cost per 1k requests). Token
+   prices are illustrative (0.10 / 0.40 per million prompt / completion tokens). A 270M
+   model shows wiring and token accounting, not accuracy.
+2. **v2_batching**: MLServer (mlserver-sklearn) serving TF-IDF + LogisticRegression trained
+   on the demo TRAIN split; a cascade `keyword_sentiment` (threshold 0.999, so nearly every
+   request escalates) → `v2-infer`, served by `tiergate serve` and driven closed-loop by
+   wrk at each of ``--connections``, with the remote tier's `batching.max_batch` 32 vs 1.
+   Upstream calls per request from `tiergate_batch_size_count/sum{tier="heavy"}`.
+3. **overhead**: one tier only (the V2 model), exact cache off: ``--n-overhead`` sequential
+   `POST /v1/predict` through tiergate vs as many `POST /v2/models/sentiment/infer` straight
+   to MLServer with the same single text, each over one kept-alive connection (http.client),
+   interleaved in blocks so drift hits both alike. Added p50 = gateway p50 − direct p50.
+
+Everything runs on the same 2-core machine (load generator, gateway, peer), so absolute
+numbers carry that noise. Results are written after each part, so a partial run keeps
+what it measured.
+
+Run: `.venv/bin/python bench/remote.py` (about 10–15 minutes) → bench/results/remote.json.
+``--parts llm,v2_batching,overhead`` picks parts; peers from `scripts/peers/*.sh`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from tiergate.config import OpenAICompletionsModelConfig, TokenPricing, tiergate_home
+from tiergate.demo import demo_config_dict, write_config
+from tiergate.models.openai import OpenAIClassifier
+from tiergate.offline import read_labelled
+from tiergate.testing import LlamaServer, MLServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LLAMA_PY = ROOT / ".venv-llama" / "bin" / "python"
+GGUF = ROOT / ".peers" / "gemma-3-270m-q4_k_m.gguf"
+MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
+LABEL_WORDS = {"negative": "negative", "positive": "positive"}
+PRICING = {"prompt_per_million": 0.10, "completion_per_million": 0.40}  # illustrative
+V2_MODEL = "sentiment"
+
+WRK_ERRORS = ("connect", "read", "write", "status", "timeout")
+LUA_DONE = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,' ..
+    '"timeout":%d,"p50":%d,"p90":%d,"p99":%d,"max":%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def lat_summary(ms: list[float]) -> dict[str, float]:
+    return {"n": len(ms), "p50": pct(ms, 50), "p90": pct(ms, 90), "p99": pct(ms, 99),
+            "mean": float(np.mean(ms)), "max": float(np.max(ms))}  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def write_jsonl(texts: list[str], labels: list[str], path: Path) -> Path:
+    path.write_text(
+        "".join(
+            json.dumps({"input": t, "label": y}) + "\n" for t, y in zip(texts, labels, strict=True)
+        )
+    )
+    return path
+
+
+def save(results: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+class Served:
+    """`tiergate serve CONFIG` on a free loopback port, stopped by PID."""
+
+    def __init__(self, config: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tiergate", "serve", str(config), "--port", str(self.port),
+             "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=self.log,
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tiergate serve exited: {self.output()[-3000:]}")
+            try:
+                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("tiergate serve did not become ready")
+            time.sleep(0.3)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(self.base + "/metrics", timeout=10).text
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith(("tiergate_batch_size_", "tiergate_requests_total")):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@contextmanager
+def serving(config: Path) -> Iterator[Served]:
+    server = Served(config)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --- 1. Gemma-3-270M as a tier ---------------------------------------------------------------
+
+
+def few_shot_prompt(demo: Path, shots: int = 4) -> str:
+    """``shots`` short TRAIN snippets, alternating negative / positive, then the input slot."""
+    texts, labels = read_labelled(demo / "data" / "train.jsonl")
+    picked: dict[str, list[str]] = {"negative": [], "positive": []}
+    for t, y in zip(texts, labels, strict=True):
+        if 50 <= len(t) <= 110 and len(picked[y]) < shots // 2:
+            picked[y].append(t)
+    parts = []
+    for i in range(shots // 2):
+        for y in ("negative", "positive"):
+            parts.append(f"Review: {picked[y][i]}\nSentiment: {y}\n\n")
+    return "".join(parts) + "Review: {input}\nSentiment:"
+
+
+async def llm_direct(base_url: str, prompt: str, texts: list[str]) -> dict[str, Any]:
+    cfg = OpenAICompletionsModelConfig(
+        kind="openai-completions", base_url=base_url, model="gemma", prompt=prompt,
+        labels=LABEL_WORDS, pricing=TokenPricing(**PRICING),
+    )  # fmt: skip
+    tier = OpenAIClassifier(cfg, name="llm")
+    try:
+        await tier.start()
+        rows, tokens, ms = [], [], []
+        for t in texts:
+            t0 = time.perf_counter()
+            scored = await tier.apredict_batch([t])
+            ms.append((time.perf_counter() - t0) * 1000.0)
+            rows.append(scored.probs[0])
+            assert scored.tokens is not None
+            tokens.append(scored.tokens[0])
+        return {"probs": np.array(rows), "tokens": np.array(tokens), "ms": ms,
+                "labels": tier.labels}  # fmt: skip
+    finally:
+        await tier.aclose()
+
+
+def run_cli(argv: list[str]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [sys.executable, "-m", "tiergate", *argv], capture_output=True, text=True, check=False
+    )
+    return {
+        "command": "tiergate " + " ".join(argv),
+        "exit_code": p.returncode,
+        "stdout": p.stdout.strip()[-2000:],
+        "stderr_tail": re.sub(r"\s+", " ", p.stderr.strip())[-800:],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def part_llm(args: argparse.Namespace, demo: Path, tmp: Path) -> dict[str, Any]:
+    texts, labels = read_labelled(demo / "data" / "test.jsonl")
+    texts, labels = texts[: args.n_llm], labels[: args.n_llm]
+    ctexts, clabels = read_labelled(demo / "data" / "calibration.jsonl")
+    test_file = write_jsonl(texts, labels, tmp / "llm-test.jsonl")
+    calib_file = write_jsonl(ctexts[: args.n_calib], clabels[: args.n_calib], tmp / "llm-cal.jsonl")
+    prompt = few_shot_prompt(demo)
+    out: dict[str, Any] = {
+        "peer": "llama-cpp-python[server] 0.3.36 (llama.cpp), --n_threads 2, Gemma-3-270M Q4_K_M",
+        "prompt": prompt,
+        "labels": LABEL_WORDS,
+        "pricing_per_million": {**PRICING, "note": "illustrative prices, not a real offer"},
+        "n_test": len(texts),
+        "test_data": f"first {len(texts)} lines of the demo's data/test.jsonl",
+    }
+    with LlamaServer(str(LLAMA_PY), str(GGUF)) as llama:
+        t0 = time.perf_counter()
+        got = asyncio.run(llm_direct(llama.url, prompt, texts))
+        wall = time.perf_counter() - t0
+        pred = [got["labels"][i] for i in got["probs"].argmax(axis=1)]
+        acc = float(np.mean([p == y for p, y in zip(pred, labels, strict=True)]))
+        tokens = got["tokens"]
+        cost = [(p * PRICING["prompt_per_million"] + c * PRICING["completion_per_million"]) / 1e6
+                for p, c in tokens]  # fmt: skip
+        out["direct"] = {
+            "how": "OpenAIClassifier.apredict_batch([text]) one call at a time (sequential)",
+            "accuracy": acc,
+            "predicted_share": {lab: pred.count(lab) / len(pred) for lab in got["labels"]},
+            "gold_share": {lab: labels.count(lab) / len(labels) for lab in got["labels"]},
+            "mean_prompt_tokens": float(tokens[:, 0].mean()),
+            "mean_completion_tokens": float(tokens[:, 1].mean()),
+            "mean_cost_per_call": float(np.mean(cost)),
+            "cost_per_1k_calls": 1000.0 * float(np.mean(cost)),
+            "latency_ms": lat_summary(got["ms"]),
+            "wall_s": wall,
+        }
+        print(f"llm direct: acc {acc:.3f}, tokens {tokens[:, 0].mean():.1f}+"
+              f"{tokens[:, 1].mean():.2f}, p50 {pct(got['ms'], 50):.0f} ms, "
+              f"p99 {pct(got['ms'], 99):.0f} ms", flush=True)  # fmt: skip
+
+        cal_out = tmp / "llm-calibration.json"
+        cfg = demo_config_dict(demo)
+        cfg.pop("slo", None)
+        cfg["calibration"] = str(cal_out)  # the file calibrate is about to write
+        cfg["default_deadline_ms"] = 120_000
+        cfg["tiers"] = [cfg["tiers"][0], {
+            "name": "llm",
+            "model": {"kind": "openai-completions", "base_url": llama.url, "model": "gemma",
+                      "prompt": prompt, "labels": LABEL_WORDS, "pricing": PRICING},
+            "timeout_ms": 60_000,
+        }]  # fmt: skip
+        config = write_config(cfg, tmp / "llm-cascade.yaml")
+        out["cascade_config"] = cfg
+        out["calibration_data"] = f"first {args.n_calib} lines of the demo's calibration split"
+        target = round(max(0.5, acc - args.margin), 3)
+        attempts = []
+        for _ in range(2):
+            cal_out.unlink(missing_ok=True)
+            r = run_cli(["calibrate", str(config), "--data", str(calib_file),
+                         "--target-accuracy", str(target), "--out", str(cal_out)])  # fmt: skip
+            r["target_accuracy"] = target
+            attempts.append(r)
+            print(f"calibrate target {target}: exit {r['exit_code']} "
+                  f"{r['stdout'] or r['stderr_tail']}", flush=True)  # fmt: skip
+            if r["exit_code"] == 0:
+                break
+            m = re.search(r"certify is\s+([\d.]+)", r["stderr_tail"])
+            if not m or float(m.group(1)) <= 0.0:
+                break
+            target = round(float(m.group(1)) - 0.002, 4)
+            if not 0 < target < 1:
+                break
+        out["calibrate"] = attempts
+        if cal_out.exists():
+            body = json.loads(cal_out.read_text())
+            out["calibration_artifact"] = {
+                k: body.get(k) for k in ("thresholds", "temperatures", "achieved", "costs",
+                                         "target_accuracy", "confidence", "method")
+            }  # fmt: skip
+            report = tmp / "llm-report"
+            r = run_cli(["evaluate", str(config), "--data", str(test_file), "--report",
+                         str(report)])  # fmt: skip
+            out["evaluate"] = r
+            print(f"evaluate: exit {r['exit_code']} {r['stdout'] or r['stderr_tail']}", flush=True)
+            if (report / "report.json").exists():
+                rep = json.loads((report / "report.json").read_text())
+                op = rep["operating_point"]
+                out["cascade"] = {
+                    "accuracy": op["accuracy"],
+                    "escalation_share": op["escalation_rate"],
+                    "cost_per_1k": op["cost_per_1k"],
+                    "thresholds": op["thresholds"],
+                    "tier_shares": op["tier_shares"],
+                    "tier_accuracy_alone": {t["name"]: t["accuracy"] for t in rep["tiers"]},
+                    "baselines": {k: rep["baselines"][k] for k in ("always_first", "always_last")},
+                }
+    return out
+
+
+# --- 2./3. a V2 model on MLServer ------------------------------------------------------------
+
+
+def v2_model_repo(demo: Path, repo: Path) -> dict[str, Any]:
+    """TF-IDF + LogisticRegression on the demo TRAIN split, as an mlserver-sklearn model."""
+    import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    texts, labels = read_labelled(demo / "data" / "train.jsonl")
+    pipe = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+        LogisticRegression(C=4.0, max_iter=1000),
+    ).fit(texts, labels)
+    model_dir = repo / V2_MODEL
+    model_dir.mkdir(parents=True, exist_ok=True)
+    joblib.dump(pipe, model_dir / "model.joblib")
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": V2_MODEL, "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "content_type": "str"},
+    }))  # fmt: skip
+    ttexts, tlabels = read_labelled(demo / "data" / "test.jsonl")
+    acc = float(np.mean(pipe.predict(ttexts) == np.asarray(tlabels)))
+    return {"model": "TfidfVectorizer(1-2 grams, min_df 2, sublinear) + LogisticRegression(C=4)",
+            "trained_on": f"demo train split ({len(texts)} snippets)",
+            "classes": [str(c) for c in pipe.classes_],
+            "test_accuracy_in_process": acc}  # fmt: skip
+
+
+def v2_tier(base_url: str, max_batch: int) -> dict[str, Any]:
+    return {
+        "name": "heavy",
+        "model": {"kind": "v2-infer", "base_url": base_url, "model": V2_MODEL,
+                  "input_name": "text", "output_name": "predict_proba",
+                  "labels": ["negative", "positive"]},
+        "cost_per_call": 0.0004,
+        "timeout_ms": 5000,
+        "batching": {"max_batch": max_batch},
+    }  # fmt: skip
+
+
+def lua_script(bodies: list[bytes], path: Path) -> Path:
+    items = ",\n".join("[==[" + b.decode() + "]==]" for b in bodies)
+    path.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"local bodies = {{{items}}}\nlocal i = 0\n"
+        "request = function()\n  i = i % #bodies + 1\n"
+        "  return wrk.format(nil, nil, nil, bodies[i])\nend\n" + LUA_DONE
+    )
+    return path
+
+
+def wrk_run(wrk: str, url: str, lua: Path, connections: int, seconds: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(lua), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def part_v2_batching(
+    args: argparse.Namespace, mlserver_url: str, mlserver_pid: int, tmp: Path, texts: list[str]
+) -> dict[str, Any]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return {"skipped": "wrk not found (apt-get install wrk)"}
+    bodies = [orjson.dumps({"input": t}) for t in texts[:2000]]
+    lua = lua_script(bodies, tmp / "v2.lua")
+    conns = [int(c) for c in args.connections.split(",")]
+    out: dict[str, Any] = {
+        "load": f"wrk -t1 -cN -d{args.duration}s closed loop, {len(bodies)} distinct demo "
+        "test snippets cycled, exact cache off",
+        "cascade": "fast: callable tiergate.testing:keyword_sentiment (threshold 0.999) -> "
+        "heavy: v2-infer on MLServer",
+        "runs": [],
+    }
+    for max_batch in (32, 1):
+        cfg = {
+            "service": "v2-batching",
+            "tiers": [
+                {"name": "fast", "threshold": 0.999, "cost_per_call": 0.000001,
+                 "model": {"kind": "callable", "target": "tiergate.testing:keyword_sentiment",
+                           "labels": ["negative", "positive"]}},
+                v2_tier(mlserver_url, max_batch),
+            ],
+            "cache": {"exact": {"enabled": False}},
+        }  # fmt: skip
+        config = write_config(cfg, tmp / f"v2-batch{max_batch}.yaml")
+        with serving(config) as server:
+            wrk_run(wrk, server.base + "/v1/predict", lua, 16, 2)  # warm up
+            for c in conns:
+                m0 = server.metrics()
+                cpu_gw, cpu_ml = cpu_seconds(server.proc.pid), cpu_seconds(mlserver_pid)
+                s = wrk_run(wrk, server.base + "/v1/predict", lua, c, args.duration)
+                cpu_gw = cpu_seconds(server.proc.pid) - cpu_gw
+                cpu_ml = cpu_seconds(mlserver_pid) - cpu_ml
+                m1 = server.metrics()
+                key = 'tiergate_batch_size_{}{{tier="heavy"}}'
+                calls = m1.get(key.format("count"), 0.0) - m0.get(key.format("count"), 0.0)
+                rows = m1.get(key.format("sum"), 0.0) - m0.get(key.format("sum"), 0.0)
+                n = s["requests"]
+                run = {
+                    "max_batch": max_batch,
+                    "connections": c,
+                    "requests": n,
+                    "rps": n / (s["duration_us"] / 1e6),
+                    "latency_ms": {k: s[k] / 1000.0 for k in ("p50", "p90", "p99", "max")},
+                    "errors": {k: s[k] for k in WRK_ERRORS if s[k]},
+                    "heavy_upstream_calls": calls,
+                    "heavy_rows": rows,
+                    "escalated_share": rows / n if n else None,
+                    "mean_upstream_batch": rows / calls if calls else None,
+                    "upstream_calls_per_request": calls / n if n else None,
+                    "gateway_cpu_ms_per_request": 1000.0 * cpu_gw / max(n, 1),
+                    "mlserver_cpu_ms_per_request": 1000.0 * cpu_ml / max(n, 1),
+                }
+                print(f"v2 max_batch={max_batch:2d} c={c:3d}: {run['rps']:7.0f} req/s, p50 "
+                      f"{run['latency_ms']['p50']:.1f} ms, p99 {run['latency_ms']['p99']:.1f} "
+                      f"ms, calls/req {run['upstream_calls_per_request']:.3f}, "
+                      f"errors {run['errors']}", flush=True)  # fmt: skip
+                out["runs"].append(run)
+    by = {(r["max_batch"], r["connections"]): r["rps"] for r in out["runs"]}
+    out["speedup_32_vs_1"] = {str(c): by[(32, c)] / by[(1, c)] for c in conns if by.get((1, c))}
+    return out
+
+
+def _keepalive_post(conn: http.client.HTTPConnection, path: str, body: bytes) -> bytes:
+    conn.request("POST", path, body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"{path}: HTTP {resp.status}: {data[:300]!r}")
+    return data
+
+
+def part_overhead(
+    args: argparse.Namespace, mlserver_url: str, tmp: Path, text: str
+) -> dict[str, Any]:
+    cfg = {"service": "v2-overhead", "tiers": [v2_tier(mlserver_url, 32)],
+           "cache": {"exact": {"enabled": False}}}  # fmt: skip
+    config = write_config(cfg, tmp / "v2-overhead.yaml")
+    direct_body = orjson.dumps({
+        "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}],
+        "outputs": [{"name": "predict_proba"}],
+    })  # fmt: skip
+    gw_body = orjson.dumps({"input": text})
+    direct_path = f"/v2/models/{V2_MODEL}/infer"
+    ml_port = int(mlserver_url.rsplit(":", 1)[1])
+    with serving(config) as server:
+        direct = http.client.HTTPConnection("127.0.0.1", ml_port, timeout=30)
+        gw = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        for _ in range(200):  # warm up both paths and connections
+            _keepalive_post(direct, direct_path, direct_body)
+            _keepalive_post(gw, "/v1/predict", gw_body)
+        d_ms: list[float] = []
+        g_ms: list[float] = []
+        server_ms: list[float] = []
+        block = 250
+        for _ in range(max(1, args.n_overhead // block)):
+            for _ in range(block):
+                t0 = time.perf_counter()
+                _keepalive_post(direct, direct_path, direct_body)
+                d_ms.append((time.perf_counter() - t0) * 1000.0)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                body = orjson.loads(_keepalive_post(gw, "/v1/predict", gw_body))
+                g_ms.append((time.perf_counter() - t0) * 1000.0)
+                server_ms.append(float(body["latency_ms"]))
+        direct.close()
+        gw.close()
+        last = body
+    d, g = lat_summary(d_ms), lat_summary(g_ms)
+    out = {
+        "how": "sequential requests, one kept-alive http.client connection per path, "
+        f"interleaved in blocks of {block}; same single text; tiergate: one v2-infer tier, "
+        "exact cache off",
+        "text": text,
+        "direct_mlserver_ms": d,
+        "through_tiergate_ms": g,
+        "tiergate_reported_latency_ms": lat_summary(server_ms),
+        "added_p50_ms": g["p50"] - d["p50"],
+        "added_p99_ms": g["p99"] - d["p99"],
+        "added_mean_ms": g["mean"] - d["mean"],
+        "target_added_p50_ms": 1.0,
+        "last_response": last,
+    }
+    print(
+        f"overhead: direct p50 {d['p50']:.2f} ms, via tiergate p50 {g['p50']:.2f} ms, "
+        f"added {out['added_p50_ms']:.2f} ms (p99 {d['p99']:.2f} vs {g['p99']:.2f})",
+        flush=True,
+    )
+    return out
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--parts", default="llm,v2_batching,overhead")
+    ap.add_argument("--n-llm", type=int, default=200, help="test snippets for the LLM tier")
+    ap.add_argument("--n-calib", type=int, default=300, help="calibration snippets (LLM)")
+    ap.add_argument("--margin", type=float, default=0.07, help="calibrate target below LLM acc")
+    ap.add_argument("--connections", default="16,64", help="wrk connections (V2 batching)")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk step")
+    ap.add_argument("--n-overhead", type=int, default=2000, help="requests per path")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "remote.json")
+    args = ap.parse_args()
+    parts = args.parts.split(",")
+    demo = tiergate_home() / "demo"
+    if not (demo / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "tiergate", "demo", "build"], check=True)
+    tmp = Path(tempfile.mkdtemp(prefix="remote-bench-"))
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results.update({
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python bench/remote.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count()},
+        "note": "load generator, gateway and peer share one 2-core machine; other benchmark "
+        "or chaos processes may have run concurrently (see 'noise')",
+    })  # fmt: skip
+    if "llm" in parts:
+        if LLAMA_PY.exists() and GGUF.exists():
+            results["llm"] = part_llm(args, demo, tmp)
+        else:
+            results["llm"] = {"skipped": "llama.cpp peer missing: scripts/peers/install_llama.sh"}
+        save(results, args.out)
+    if {"v2_batching", "overhead"} & set(parts):
+        if not MLSERVER.exists():
+            results["v2"] = {"skipped": "MLServer missing: scripts/peers/install_mlserver.sh"}
+        else:
+            repo = tmp / "mlrepo"
+            results["v2_model"] = v2_model_repo(demo, repo)
+            results["v2_model"]["peer"] = "MLServer 1.7.1 + mlserver-sklearn, parallel_workers 0"
+            texts, _ = read_labelled(demo / "data" / "test.jsonl")
+            with MLServer(str(MLSERVER), str(repo)) as ml:
+                assert ml.proc is not None
+                if "overhead" in parts:
+                    results["overhead"] = part_overhead(args, ml.url, tmp, texts[0])
+                    save(results, args.out)
+                if "v2_batching" in parts:
+                    results["v2_batching"] = part_v2_batching(args, ml.url, ml.proc.pid, tmp, texts)
+                    save(results, args.out)
+    save(results, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
