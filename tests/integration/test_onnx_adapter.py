@@ -64,9 +64,18 @@ def test_batch_matches_single(embedder: OnnxSentenceEmbedder) -> None:
     np.testing.assert_allclose(embedder.embed(TEXTS[::-1])[::-1], batch, atol=1e-4)
 
 
+def _int8_fallback(demo_dir: Path) -> str | None:
+    import json
+
+    export = json.loads((demo_dir / "manifest.json").read_text())["export"]
+    return export.get("int8_fallback")  # type: ignore[no-any-return]
+
+
 def test_int8_runs_row_by_row_fp32_batches(embedder: OnnxSentenceEmbedder, demo_dir: Path) -> None:
     # Dynamic int8 quantisation is batch-dependent, so the embedder detects it and runs
     # texts one at a time; the fp32 model is batch-invariant and keeps real batches.
+    if (why := _int8_fallback(demo_dir)) is not None:
+        pytest.skip(f"this build serves fp32 for the accurate tier ({why})")
     assert embedder.row_by_row
     fp32 = OnnxSentenceEmbedder(demo_dir / "mpnet-fp32.onnx", demo_dir / "tokenizer.json")
     assert not fp32.row_by_row
@@ -156,7 +165,10 @@ def test_manifest_records_the_build(demo_dir: Path) -> None:
     assert manifest["tiers"]["accurate"]["test_accuracy"] >= 0.84
     assert manifest["export"]["fp32_vs_st_min_cosine"] > 0.999
     assert manifest["export"]["smoothing"]["matmuls"] == 12  # MPNet's FFN down-projections
-    assert manifest["export"]["int8_vs_fp32_mean_cosine"] > 0.97
+    if manifest["export"].get("int8_fallback") is None:
+        assert manifest["export"]["int8_vs_fp32_mean_cosine"] > 0.97
+    else:  # the build refused a broken int8 model and says why
+        assert manifest["export"]["int8_vs_fp32_mean_cosine"] < 0.95
 
 
 @pytest.mark.skipif(

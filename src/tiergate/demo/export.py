@@ -67,6 +67,12 @@ class ExportReport:
     int8_vs_fp32_mean_cosine: float
     int8_vs_fp32_min_cosine: float
     smoothing: SmoothingReport | None = None
+    int8_fallback: str | None = None  # why the int8 model was rejected, if it was
+
+
+# Below this the quantised encoder is a different model (0.986 when quantisation works).
+INT8_MIN_MEAN_COSINE = 0.95
+_log = logging.getLogger("tiergate.demo")
 
 
 def _import(name: str) -> Any:
@@ -342,6 +348,18 @@ def export_mpnet(
     fp32 = OnnxSentenceEmbedder(fp32_path, tokenizer_path).embed(texts)
     int8 = OnnxSentenceEmbedder(int8_path, tokenizer_path).embed(texts)
     cos = cosine_rows(fp32, int8)
+    fallback = None
+    if float(cos.mean()) < INT8_MIN_MEAN_COSINE:
+        # Never ship a broken tier: the quantised model is not the model any more (seen
+        # with the torch 2.13 / transformers 5.24 export: mean cosine 0.04). Serve the
+        # verified fp32 weights under the tier's file name, slower but right, and say so.
+        fallback = (
+            f"int8 rejected: mean cosine to fp32 {float(cos.mean()):.3f} < "
+            f"{INT8_MIN_MEAN_COSINE}; the accurate tier serves the fp32 model"
+        )
+        _log.warning("demo build: %s", fallback)
+        with atomic_path(int8_path) as tmp:
+            shutil.copyfile(fp32_path, tmp)
     shutil.rmtree(work_dir, ignore_errors=True)
     return ExportReport(
         max_seq_length=max_seq_length,
@@ -349,4 +367,5 @@ def export_mpnet(
         int8_vs_fp32_mean_cosine=float(cos.mean()),
         int8_vs_fp32_min_cosine=float(cos.min()),
         smoothing=smoothing,
+        int8_fallback=fallback,
     )
