@@ -115,6 +115,7 @@ class MicroBatcher(Generic[R]):
         name: str = "tier",
         aimd_target_s: float | None = None,
         gather_turns: int = 0,
+        abandon_orphans: bool = False,
         clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -139,6 +140,12 @@ class MicroBatcher(Generic[R]):
         # Event-loop turns yielded before taking a batch (a tier that runs inline blocks
         # the loop while it runs, so requests that arrived meanwhile are not parsed yet).
         self.gather_turns = gather_turns
+        # Cancel a running batch once every caller in it has given up (deadline passed,
+        # client gone). Only for batches that can be cancelled: a remote call awaited on
+        # the loop closes its connection and frees the tier for the next batch; a model
+        # in a thread would keep running beside the next batch, so it is left to finish.
+        self.abandon_orphans = abandon_orphans
+        self.abandoned = 0
         # Called with the size of every batch run (the service exports a histogram).
         self.on_batch: Callable[[int], None] | None = None
 
@@ -224,6 +231,31 @@ class MicroBatcher(Generic[R]):
                 return
             await self._sleep(min(left, 0.0005))
 
+    async def _run_abandonable(self, batch: list[_Item[R]], texts: list[str]) -> tuple[bool, R]:
+        """Run the batch as a task, cancelled when the last caller waiting for it gives up."""
+        task: asyncio.Future[R] = asyncio.ensure_future(self._run(texts))
+        waiting = len(batch)
+
+        def gone(_: object) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting == 0 and not task.done():
+                task.cancel()
+
+        for item in batch:
+            item.future.add_done_callback(gone)
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:  # the batcher itself is being shut down
+            task.cancel()
+            raise
+        finally:
+            for item in batch:
+                item.future.remove_done_callback(gone)
+        if task.cancelled():
+            return True, None  # type: ignore[return-value]
+        return False, task.result()
+
     async def _loop(self) -> None:
         assert self._wakeup is not None
         while True:
@@ -244,7 +276,13 @@ class MicroBatcher(Generic[R]):
                 texts = [t for item in batch for t in item.texts]
                 t0 = self._clock()
                 try:
-                    probs = await self._run(texts)
+                    if self.abandon_orphans:
+                        abandoned, probs = await self._run_abandonable(batch, texts)
+                        if abandoned:
+                            self.abandoned += 1
+                            continue
+                    else:
+                        probs = await self._run(texts)
                 except Exception as exc:  # delivered to every caller in the batch
                     for item in batch:
                         if not item.future.done():

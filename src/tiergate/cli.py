@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from tiergate.config import load_config, tiergate_home
 from tiergate.errors import CalibrationError, TiergateError
+
+if TYPE_CHECKING:
+    from tiergate.service import Service
 
 __all__ = ["app", "main"]
 
@@ -148,6 +151,10 @@ def serve(
         cfg = load_config(path)
         err.print(f"loading {cfg.service} from {path} …")
         service = Service.from_config(cfg)
+        if any(t.remote for t in service.tiers):
+            # Probe remote upstreams here, so a refusal is one line and exit code 2 rather
+            # than a traceback from inside the server's lifespan (which probes again).
+            asyncio.run(_probe_remote(service))
     except TiergateError as exc:
         raise _fail(exc) from None
     err.print(f"tiers: {', '.join(repr(t) for t in service.tiers)}", highlight=False)
@@ -155,6 +162,16 @@ def serve(
         create_app(service), host=host, port=port, log_level=log_level,
         access_log=False, loop="auto", http="auto",
     )  # fmt: skip
+
+
+async def _probe_remote(service: Service) -> None:
+    """Start-up probes of the remote tiers; their connections close after (per loop)."""
+    try:
+        await service.start()
+    finally:
+        for tier in service.tiers:
+            if tier.remote:
+                await tier.adapter.aclose()  # type: ignore[union-attr]
 
 
 @app.command()

@@ -215,6 +215,8 @@ class PeerProcess:
     def start(self) -> PeerProcess:
         import httpx
 
+        if self._log is not None:  # a restart (kill, then start again): a fresh log
+            self._log.close()
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.argv, cwd=self.cwd, stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + self.ready_timeout_s

@@ -13,7 +13,7 @@ import numpy as np
 
 from tiergate.batching import MicroBatcher
 from tiergate.calibration import apply_temperature
-from tiergate.errors import ModelError
+from tiergate.errors import ConfigError, ModelError, TiergateError
 from tiergate.models.base import (
     AsyncModelAdapter,
     ModelAdapter,
@@ -169,6 +169,7 @@ class Tier:
             max_queue=max_queue,
             name=name,
             aimd_target_s=aimd_target_s,
+            abandon_orphans=self.remote,
             clock=clock,
         )
 
@@ -290,8 +291,12 @@ class Tier:
 
     async def start(self) -> None:
         """Check a remote upstream is ready (typed error if not); a no-op in process."""
-        if self.remote:
+        if not self.remote:
+            return
+        try:
             await self.adapter.start()  # type: ignore[union-attr]
+        except TiergateError as exc:  # say which tier, not only which URL
+            raise ConfigError(f"tier {self.name!r}: {exc.message}") from None
 
     async def aclose(self) -> None:
         """:meth:`close`, and release a remote adapter's connection pool."""

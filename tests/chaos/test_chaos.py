@@ -38,7 +38,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "hang": {"fault": {"hang_rate": 1.0}},
     "errors_50pct": {"fault": {"error_rate": 0.5}},
     "garbage": {"fault": {"garbage_rate": 1.0}},
-    "flapping": {"fault": {"flap_period_s": 1.5}},
+    # The cooldown doubles after every failed probe; capped at 1 s so that, whatever the
+    # flap phase is when the load starts, a probe lands inside one of the healthy periods
+    # of the 6 s run (uncapped, 0.5 → 1 → 2 → 4 s could step over both of them).
+    "flapping": {"fault": {"flap_period_s": 1.5}, "breaker": {"max_cooldown_s": 1.0}},
 }
 ALLOWED_DEGRADED = {
     None, "deadline", "tier_timeout:accurate", "tier_error:accurate", "circuit_open:accurate",
@@ -46,12 +49,15 @@ ALLOWED_DEGRADED = {
 }  # fmt: skip
 
 
-def chaos_config(demo: Path, tmp: Path, fault: dict[str, Any]) -> Path:
+def chaos_config(
+    demo: Path, tmp: Path, fault: dict[str, Any], breaker: dict[str, Any] | None = None
+) -> Path:
     base = demo_config_dict(demo)
     acc = base["tiers"][-1]
     acc["fault"] = fault
     acc["timeout_ms"] = 250
     acc["breaker"] = {"min_calls": 10, "window_s": 5, "cooldown_s": 0.5, "probes": 2}
+    acc["breaker"].update(breaker or {})
     base["default_deadline_ms"] = DEADLINE_MS
     return write_config(base, tmp / "chaos.yaml")
 
@@ -74,7 +80,9 @@ def bodies(demo_dir: Path) -> list[bytes]:
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_scenario(scenario: str, demo_dir: Path, bodies: list[bytes], tmp_path: Path) -> None:
-    config = chaos_config(demo_dir, tmp_path, SCENARIOS[scenario]["fault"])
+    config = chaos_config(
+        demo_dir, tmp_path, SCENARIOS[scenario]["fault"], SCENARIOS[scenario].get("breaker")
+    )
     with served(config, ready_timeout_s=180) as base:
         res = asyncio.run(
             run_load(base + "/v1/predict", bodies, rate=RATE, duration_s=SECONDS,

@@ -184,3 +184,51 @@ async def test_aimd_policy_caps_batches_by_its_limit_not_by_deadlines() -> None:
     await asyncio.gather(blocker, *rest)
     # limit 1 -> the full, instant first batch raises it to 2, then 3
     assert model.calls == [["x"], ["a", "b"], ["c"]]
+
+
+class HungFirstModel(GatedModel):
+    """The first call never returns (a hung upstream); later calls answer at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = 0
+
+    async def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(texts)
+        if len(self.calls) == 1:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        return np.array([[0.0, float(len(t))] for t in texts])
+
+
+async def test_a_batch_all_callers_gave_up_on_is_cancelled_and_the_tier_goes_on() -> None:
+    model = HungFirstModel()
+    b = MicroBatcher(model, max_batch=8, abandon_orphans=True, clock=ManualClock())
+    hung = [asyncio.create_task(b.submit([x])) for x in "ab"]
+    await settle()
+    assert model.calls == [["a", "b"]]
+    hung[0].cancel()  # one caller gone: the other still waits, the call goes on
+    await settle()
+    assert model.cancelled == 0
+    later = asyncio.create_task(b.submit(["ccc"]))
+    hung[1].cancel()  # the last one gone: the upstream call is abandoned
+    out = await asyncio.wait_for(later, timeout=5)
+    assert model.cancelled == 1 and b.abandoned == 1
+    assert model.calls[1] == ["ccc"] and float(out[0, 1]) == 3.0
+
+
+async def test_without_abandon_orphans_a_batch_runs_to_its_end() -> None:
+    model = GatedModel()
+    b = MicroBatcher(model, max_batch=8, clock=ManualClock())
+    first = asyncio.create_task(b.submit(["a"]))
+    await settle()
+    first.cancel()
+    later = asyncio.create_task(b.submit(["bb"]))
+    await settle()
+    assert model.calls == [["a"]]  # the thread-bound model is never run twice at once
+    model.gate.set()
+    out = await asyncio.wait_for(later, timeout=5)
+    assert model.calls == [["a"], ["bb"]] and float(out[0, 1]) == 2.0

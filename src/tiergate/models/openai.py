@@ -51,7 +51,8 @@ def label_probabilities(top: dict[str, float], words: Sequence[str]) -> list[flo
         if i is not None and math.isfinite(logprob):
             mass[i] += math.exp(logprob)
             seen[i] = True
-    floor = min(math.exp(lp) for lp in top.values() if math.isfinite(lp)) if top else 0.0
+    # A label missing from the top-k is at most as likely as the least likely returned.
+    floor = min((math.exp(lp) for lp in top.values() if math.isfinite(lp)), default=0.0)
     mass = [m if ok else floor for m, ok in zip(mass, seen, strict=True)]
     total = sum(mass)
     if total <= 0:
@@ -109,7 +110,7 @@ class OpenAIClassifier:
         path, body = self._request(text)
         answer = await self.upstream.post(path, body)
         self.calls += 1
-        top = _top_logprobs(answer, chat=self.chat)
+        top = _top_logprobs(answer)
         if top is None:
             raise UpstreamError(
                 f"tier {self.upstream.name!r}: the server returned no logprobs, so the "
@@ -176,26 +177,29 @@ class OpenAIClassifier:
                 **self.upstream.status()}  # fmt: skip
 
 
-def _top_logprobs(answer: dict[str, Any], *, chat: bool) -> dict[str, float] | None:
-    """The first output token's alternatives as ``{token: logprob}``, or ``None``."""
+def _top_logprobs(answer: dict[str, Any]) -> dict[str, float] | None:
+    """The first output token's alternatives as ``{token: logprob}``, or ``None``.
+
+    Two layouts exist: the chat one, ``{"content": [{"token", "logprob", "top_logprobs":
+    [{"token", "logprob"}]}]}``, which llama.cpp's C++ ``llama-server`` also returns from
+    ``/v1/completions``; and the legacy completions one, ``{"top_logprobs": [{token:
+    logprob}]}`` (OpenAI, vLLM, llama-cpp-python). Either is read from either endpoint.
+    """
     try:
         lp = answer["choices"][0].get("logprobs")
     except (KeyError, IndexError, TypeError, AttributeError):
         raise ModelError("the server's answer has no choices") from None
-    if not lp:
+    if not lp or not isinstance(lp, dict):
         return None
-    if chat:  # {"content": [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]}
-        content = lp.get("content") if isinstance(lp, dict) else None
-        if not content:
-            return None
-        tops = content[0].get("top_logprobs") or []
+    content = lp.get("content")
+    if content and isinstance(content, list) and isinstance(content[0], dict):
         out: dict[str, float] = {}
-        for t in tops:
+        for t in content[0].get("top_logprobs") or []:
             token, logprob = t.get("token"), t.get("logprob")
             if isinstance(token, str) and isinstance(logprob, int | float):
                 out[token] = max(out.get(token, -math.inf), float(logprob))
         return out or None
-    tops = lp.get("top_logprobs") if isinstance(lp, dict) else None  # legacy completions
-    if not tops or not isinstance(tops[0], dict):
+    tops = lp.get("top_logprobs")
+    if not tops or not isinstance(tops, list) or not isinstance(tops[0], dict):
         return None
     return {str(k): float(v) for k, v in tops[0].items() if isinstance(v, int | float)} or None
