@@ -73,6 +73,19 @@ def _existing_file(value: Path, info: ValidationInfo) -> Path:
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 
 
+def _calibration_file(value: Path, info: ValidationInfo) -> Path:
+    # `tiergate calibrate` loads the config whose `calibration:` names the very file it is
+    # about to write: there the file may not exist yet.
+    if (info.context or {}).get("calibrating"):
+        base = (info.context or {}).get("base_dir")
+        path = value if value.is_absolute() or base is None else Path(base) / value
+        return path.resolve()
+    return _existing_file(value, info)
+
+
+CalibrationFile = Annotated[Path, AfterValidator(_calibration_file)]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -471,7 +484,7 @@ class ServiceConfig(_Frozen):
     tiers: tuple[TierConfig, ...] = Field(
         min_length=1, description="Tiers in the order they are tried, cheapest first."
     )
-    calibration: ExistingFile | None = Field(
+    calibration: CalibrationFile | None = Field(
         None, description="Calibration artifact written by `tiergate calibrate`."
     )
     default_deadline_ms: float = Field(
@@ -510,10 +523,12 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: Path | str) -> ServiceConfig:
+def load_config(path: Path | str, *, calibrating: bool = False) -> ServiceConfig:
     """Read and validate a YAML config; relative paths resolve against its folder.
 
-    Raises :class:`ConfigError` with a readable, complete list of problems.
+    ``calibrating``: the service's ``calibration:`` file need not exist yet (for
+    ``tiergate calibrate``, which writes it). Raises :class:`ConfigError` with a
+    readable, complete list of problems.
     """
     path = Path(path)
     if not path.is_file():
@@ -526,7 +541,8 @@ def load_config(path: Path | str) -> ServiceConfig:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     data = {**data, "path": path.resolve()}
     try:
-        return ServiceConfig.model_validate(data, context={"base_dir": path.resolve().parent})
+        context = {"base_dir": path.resolve().parent, "calibrating": calibrating}
+        return ServiceConfig.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from None
 

@@ -246,7 +246,7 @@ def calibrate_config(
     from tiergate.config import load_config
     from tiergate.service import Service
 
-    config = load_config(config_path)
+    config = load_config(config_path, calibrating=True)
     config = config.model_copy(update={"calibration": None})
     service = Service.from_config(config, require_calibration=False)
     try:

@@ -112,3 +112,24 @@ def test_stale_calibration_is_refused(cfg_dir: Path) -> None:
     )
     with pytest.raises(ConfigError, match="rerun `tiergate calibrate`"):
         Service.from_config(load_config(write(cfg_dir, text)))
+
+
+def test_calibrate_writes_the_artifact_its_config_names_before_it_exists(tmp_path: Path) -> None:
+    # As a new user does it: config written from README (with `calibration:`), then
+    # `tiergate calibrate` on it. The file it names does not exist until calibrate writes it.
+    tier = ('    model: {kind: callable, target: "tiergate.testing:keyword_sentiment", '
+            "labels: [negative, positive]}\n    cost_per_call: %s\n")  # fmt: skip
+    config = write(tmp_path, "service: s\ncalibration: calibration.json\ntiers:\n"
+                   "  - name: fast\n" + tier % "0.0001" + "  - name: big\n" + tier % "0.01")  # fmt: skip
+    words = [("a good great film", "positive"), ("bad awful dull", "negative"),
+             ("great fun", "positive"), ("boring and bad", "negative")]  # fmt: skip
+    data = tmp_path / "cal.jsonl"
+    data.write_text("".join(f'{{"input": "{t}", "label": "{y}"}}\n' for t, y in words * 50))
+    with pytest.raises(ConfigError, match="calibration: file not found"):
+        load_config(config)  # serving such a config still needs the file
+    res = CliRunner().invoke(
+        app, ["calibrate", str(config), "--data", str(data), "--target-accuracy", "0.5"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "calibration.json").is_file()
+    assert load_config(config).calibration == (tmp_path / "calibration.json").resolve()
