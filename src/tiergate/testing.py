@@ -31,6 +31,7 @@ __all__ = [
     "ScriptedModel",
     "free_port",
     "keyword_sentiment",
+    "metric_total",
     "serve_in_thread",
 ]
 
@@ -108,6 +109,17 @@ def keyword_sentiment(texts: Sequence[str]) -> Probabilities:
         p = 1.0 / (1.0 + np.exp(-1.5 * margin))
         rows.append((1.0 - p, p))
     return np.array(rows, dtype=np.float64).reshape(len(texts), 2)
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` in a Prometheus text page whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 @contextmanager

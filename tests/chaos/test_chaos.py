@@ -26,6 +26,7 @@ from tiergate.bench import served
 from tiergate.demo import demo_config_dict, write_config
 from tiergate.loadgen import run_load, summarize
 from tiergate.offline import read_labelled
+from tiergate.testing import metric_total
 
 pytestmark = pytest.mark.chaos
 
@@ -60,16 +61,6 @@ def chaos_config(
     acc["breaker"].update(breaker or {})
     base["default_deadline_ms"] = DEADLINE_MS
     return write_config(base, tmp / "chaos.yaml")
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +102,12 @@ def test_scenario(scenario: str, demo_dir: Path, bodies: list[bytes], tmp_path: 
         degraded_seen[str(degraded)] = degraded_seen.get(str(degraded), 0) + 1
     assert p99 <= DEADLINE_MS * 1.1, summary["latency_ms"]
 
-    calls = metric(metrics, "tiergate_tier_calls_total", tier="accurate")
-    retries = metric(metrics, "tiergate_retries_total", tier="accurate")
-    opened = metric(metrics, "tiergate_breaker_transitions_total", tier="accurate", to="open")
-    closed = metric(metrics, "tiergate_breaker_transitions_total", tier="accurate", to="closed")
+    calls = metric_total(metrics, "tiergate_tier_calls_total", tier="accurate")
+    retries = metric_total(metrics, "tiergate_retries_total", tier="accurate")
+    opened = metric_total(metrics, "tiergate_breaker_transitions_total", tier="accurate", to="open")
+    closed = metric_total(
+        metrics, "tiergate_breaker_transitions_total", tier="accurate", to="closed"
+    )
     assert retries <= 0.1 * calls + 10 + 1, (retries, calls)
     if scenario in {"hang", "garbage", "latency_2s", "errors_50pct"}:
         assert opened >= 1, "the breaker must open on a failing tier"

@@ -39,7 +39,7 @@ from starlette.routing import Route
 
 from tiergate.bench import served
 from tiergate.loadgen import LoadResult, run_load, summarize
-from tiergate.testing import MLServer, PeerProcess, free_port, serve_in_thread
+from tiergate.testing import MLServer, PeerProcess, free_port, metric_total, serve_in_thread
 
 pytestmark = pytest.mark.chaos
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,16 +80,6 @@ def review_texts(n: int, seed: int = 0) -> list[str]:
 
 
 BODIES = [orjson.dumps({"input": t}) for t in review_texts(2000)]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def write_config(tmp: Path, base_url: str) -> Path:
@@ -262,7 +252,7 @@ def wait_recovered(base: str) -> float:
         body = r.json()
         if r.status_code == 200 and body["tier"] == TIER and body["degraded"] is None:
             text = httpx.get(base + "/metrics", timeout=5.0).text
-            if metric(text, "tiergate_breaker_state", tier=TIER) == 0:
+            if metric_total(text, "tiergate_breaker_state", tier=TIER) == 0:
                 return time.monotonic() - t0
         i += 1
         time.sleep(0.05)
@@ -332,13 +322,13 @@ def check(
         "gateway_upstream_calls": tier.get("upstream", {}).get("calls"),
         "gateway_upstream_failures": tier.get("upstream", {}).get("failures"),
         "last_upstream_error": tier.get("upstream", {}).get("last_error"),
-        "tier_calls": metric(after_load, "tiergate_tier_calls_total", tier=TIER),
-        "retries": metric(after_load, "tiergate_retries_total", tier=TIER),
-        "breaker_opened": metric(final, "tiergate_breaker_transitions_total", tier=TIER, to="open"),
-        "breaker_closed": metric(final, "tiergate_breaker_transitions_total", tier=TIER,
+        "tier_calls": metric_total(after_load, "tiergate_tier_calls_total", tier=TIER),
+        "retries": metric_total(after_load, "tiergate_retries_total", tier=TIER),
+        "breaker_opened": metric_total(final, "tiergate_breaker_transitions_total", tier=TIER, to="open"),
+        "breaker_closed": metric_total(final, "tiergate_breaker_transitions_total", tier=TIER,
                                  to="closed"),
-        "breaker_state_after_load": metric(after_load, "tiergate_breaker_state", tier=TIER),
-        "breaker_state_final": metric(final, "tiergate_breaker_state", tier=TIER),
+        "breaker_state_after_load": metric_total(after_load, "tiergate_breaker_state", tier=TIER),
+        "breaker_state_final": metric_total(final, "tiergate_breaker_state", tier=TIER),
         "recovery_after_load_s": round(out["recovery_s"], 3),
     }  # fmt: skip
 
