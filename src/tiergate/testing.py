@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "keyword_sentiment",
     "metric_total",
     "serve_in_thread",
+    "toy_sentiment_repo",
 ]
 
 
@@ -293,6 +295,32 @@ def LlamaServer(python: str, model: str, port: int | None = None) -> PeerProcess
             "--host", "127.0.0.1", "--port", str(port), "--n_threads", "2",
             "--logits_all", "true", "--verbose", "false"]  # fmt: skip
     return PeerProcess(argv, port, "/v1/models")
+
+
+def toy_sentiment_repo(repo: Path, name: str = "sentiment") -> Path:
+    """An MLServer model repository in ``repo``: one TF-IDF + LR model trained on ten texts.
+
+    Served by ``mlserver_sklearn`` with a BYTES (``str``) input and ``predict_proba`` out.
+    """
+    import json
+
+    import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    model_dir = repo / name
+    model_dir.mkdir()
+    texts = ["great film", "wonderful acting", "a joy", "loved it", "superb",
+             "awful film", "dull plot", "a bore", "hated it", "terrible"]  # fmt: skip
+    y = ["positive"] * 5 + ["negative"] * 5
+    joblib.dump(make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, y),
+                model_dir / "model.joblib")  # fmt: skip
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": name, "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "content_type": "str"},
+    }))  # fmt: skip
+    return repo
 
 
 def MLServer(mlserver: str, model_dir: str, port: int | None = None) -> PeerProcess:

@@ -39,7 +39,14 @@ from starlette.routing import Route
 
 from tiergate.bench import served
 from tiergate.loadgen import LoadResult, run_load, summarize
-from tiergate.testing import MLServer, PeerProcess, free_port, metric_total, serve_in_thread
+from tiergate.testing import (
+    MLServer,
+    PeerProcess,
+    free_port,
+    metric_total,
+    serve_in_thread,
+    toy_sentiment_repo,
+)
 
 pytestmark = pytest.mark.chaos
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,23 +118,8 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerProcess]:
         if os.environ.get("CI"):
             pytest.fail("MLServer is not installed: bash scripts/peers/install_mlserver.sh")
         pytest.skip("MLServer is not installed: bash scripts/peers/install_mlserver.sh")
-    import joblib
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
     repo = tmp_path_factory.mktemp("mlrepo")
-    model_dir = repo / "sentiment"
-    model_dir.mkdir()
-    texts = ["great film", "wonderful acting", "a joy", "loved it", "superb",
-             "awful film", "dull plot", "a bore", "hated it", "terrible"]  # fmt: skip
-    y = ["positive"] * 5 + ["negative"] * 5
-    joblib.dump(make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, y),
-                model_dir / "model.joblib")  # fmt: skip
-    (model_dir / "model-settings.json").write_text(json.dumps({
-        "name": "sentiment", "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib", "content_type": "str"},
-    }))  # fmt: skip
+    toy_sentiment_repo(repo)
     with MLServer(str(MLSERVER), str(repo)) as server:
         yield server
 
