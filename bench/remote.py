@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import importlib.util
 import json
 import os
 import re
@@ -53,6 +54,7 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+import yaml
 
 from tiergate.config import OpenAICompletionsModelConfig, TokenPricing, tiergate_home
 from tiergate.demo import demo_config_dict, write_config
@@ -65,8 +67,23 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 LLAMA_PY = ROOT / ".venv-llama" / "bin" / "python"
 GGUF = ROOT / ".peers" / "gemma-3-270m-q4_k_m.gguf"
 MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
-LABEL_WORDS = {"negative": "negative", "positive": "positive"}
-PRICING = {"prompt_per_million": 0.10, "completion_per_million": 0.40}  # illustrative
+
+
+def _example(name: str) -> Any:
+    """``examples/NAME/prepare.py`` as a module: the bench runs the examples as shipped."""
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", ROOT / "examples" / name / "prepare.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GEMMA = _example("gemma_cascade")
+REMOTE_ACCURATE = _example("remote_accurate")
+LABEL_WORDS = GEMMA.LABEL_WORDS
+PRICING = GEMMA.PRICING
 V2_MODEL = "sentiment"
 
 WRK_ERRORS = ("connect", "read", "write", "status", "timeout")
@@ -175,20 +192,6 @@ def serving(config: Path) -> Iterator[Served]:
 # --- 1. Gemma-3-270M as a tier ---------------------------------------------------------------
 
 
-def few_shot_prompt(demo: Path, shots: int = 4) -> str:
-    """``shots`` short TRAIN snippets, alternating negative / positive, then the input slot."""
-    texts, labels = read_labelled(demo / "data" / "train.jsonl")
-    picked: dict[str, list[str]] = {"negative": [], "positive": []}
-    for t, y in zip(texts, labels, strict=True):
-        if 50 <= len(t) <= 110 and len(picked[y]) < shots // 2:
-            picked[y].append(t)
-    parts = []
-    for i in range(shots // 2):
-        for y in ("negative", "positive"):
-            parts.append(f"Review: {picked[y][i]}\nSentiment: {y}\n\n")
-    return "".join(parts) + "Review: {input}\nSentiment:"
-
-
 async def llm_direct(base_url: str, prompt: str, texts: list[str]) -> dict[str, Any]:
     cfg = OpenAICompletionsModelConfig(
         kind="openai-completions", base_url=base_url, model="gemma", prompt=prompt,
@@ -231,7 +234,7 @@ def part_llm(args: argparse.Namespace, demo: Path, tmp: Path) -> dict[str, Any]:
     ctexts, clabels = read_labelled(demo / "data" / "calibration.jsonl")
     test_file = write_jsonl(texts, labels, tmp / "llm-test.jsonl")
     calib_file = write_jsonl(ctexts[: args.n_calib], clabels[: args.n_calib], tmp / "llm-cal.jsonl")
-    prompt = few_shot_prompt(demo)
+    prompt = GEMMA.few_shot_prompt(demo)
     out: dict[str, Any] = {
         "peer": "llama-cpp-python[server] 0.3.36 (llama.cpp), --n_threads 2, Gemma-3-270M Q4_K_M",
         "prompt": prompt,
@@ -265,17 +268,8 @@ def part_llm(args: argparse.Namespace, demo: Path, tmp: Path) -> dict[str, Any]:
               f"{tokens[:, 1].mean():.2f}, p50 {pct(got['ms'], 50):.0f} ms, "
               f"p99 {pct(got['ms'], 99):.0f} ms", flush=True)  # fmt: skip
 
-        cal_out = tmp / "llm-calibration.json"
-        cfg = demo_config_dict(demo)
-        cfg.pop("slo", None)
-        cfg["calibration"] = str(cal_out)  # the file calibrate is about to write
-        cfg["default_deadline_ms"] = 120_000
-        cfg["tiers"] = [cfg["tiers"][0], {
-            "name": "llm",
-            "model": {"kind": "openai-completions", "base_url": llama.url, "model": "gemma",
-                      "prompt": prompt, "labels": LABEL_WORDS, "pricing": PRICING},
-            "timeout_ms": 60_000,
-        }]  # fmt: skip
+        cal_out = tmp / "llm-calibration.json"  # the file calibrate is about to write
+        cfg = GEMMA.cascade_config(demo, llama.url, cal_out)  # examples/gemma_cascade
         config = write_config(cfg, tmp / "llm-cascade.yaml")
         out["cascade_config"] = cfg
         out["calibration_data"] = f"first {args.n_calib} lines of the demo's calibration split"
@@ -519,12 +513,95 @@ def part_overhead(
     return out
 
 
+# --- 4. the demo with its accurate tier on a model server ------------------------------------
+
+
+def _operating_point(report: Path) -> dict[str, Any]:
+    rep = json.loads((report / "report.json").read_text())
+    op = rep["operating_point"]
+    return {
+        "accuracy": op["accuracy"],
+        "escalation_share": op["escalation_rate"],
+        "cost_per_1k": op["cost_per_1k"],
+        "thresholds": op["thresholds"],
+        "tier_accuracy_alone": {t["name"]: t["accuracy"] for t in rep["tiers"]},
+    }
+
+
+def _bench_rate(base: str, rate: float, seconds: float, data: Path, out: Path) -> dict[str, Any]:
+    r = run_cli(["bench", base, "--rate", str(rate), "--duration", str(seconds),
+                 "--data", str(data), "--out", str(out)])  # fmt: skip
+    if r["exit_code"] != 0:
+        return {"error": r}
+    s = json.loads(out.read_text())
+    keys = ("target_rate", "throughput_rps", "latency_ms", "statuses", "errors_5xx", "tiers",
+            "degraded", "transport_errors")  # fmt: skip
+    return {k: s[k] for k in keys}
+
+
+def part_demo_remote(args: argparse.Namespace, demo: Path, tmp: Path) -> dict[str, Any]:
+    """examples/remote_accurate: calibrate, evaluate and serve it beside the in-process demo."""
+    out_dir = tmp / "remote-demo"
+    out_dir.mkdir()
+    port = free_port()
+    config = REMOTE_ACCURATE.prepare(demo, out_dir, port, threads=args.ml_threads)
+    demo_cal = json.loads((demo / "calibration.json").read_text())
+    target = float(demo_cal["target_accuracy"])
+    calib, test = demo / "data" / "calibration.jsonl", demo / "data" / "test.jsonl"
+    local_cfg = demo_config_dict(demo)
+    local_cfg.pop("slo", None)
+    local = write_config(local_cfg, tmp / "local-demo.yaml")
+    slo = yaml.safe_load((demo / "config.yaml").read_text()).get("slo") or {}
+    rate = float(slo.get("rate", 50))
+    res: dict[str, Any] = {
+        "example": "examples/remote_accurate (MLServer custom runtime around the demo's ONNX "
+        f"accurate tier; onnxruntime threads {args.ml_threads})",
+        "target_accuracy": target,
+        "slo": slo,
+    }
+    with MLServer(str(MLSERVER), str(out_dir / "mlserver"), port=port):
+        cal_path = out_dir / "calibration.json"
+        r = run_cli(["calibrate", str(config), "--data", str(calib),
+                     "--target-accuracy", str(target), "--out", str(cal_path)])  # fmt: skip
+        res["calibrate"] = r
+        print(f"remote demo calibrate: exit {r['exit_code']} ({r['seconds']} s)", flush=True)
+        if r["exit_code"] != 0:
+            return res
+        cal = json.loads(cal_path.read_text())
+        keep = ("thresholds", "achieved", "costs")
+        res["calibration"] = {"remote": {k: cal.get(k) for k in keep},
+                              "in_process": {k: demo_cal.get(k) for k in keep}}  # fmt: skip
+        for name, cfg in (("in_process", local), ("remote", config)):
+            report = tmp / f"report-{name}"
+            r = run_cli(["evaluate", str(cfg), "--data", str(test), "--report", str(report)])
+            res.setdefault("evaluate", {})[name] = (
+                _operating_point(report) if r["exit_code"] == 0 else {"error": r}
+            )
+            print(f"evaluate {name}: {res['evaluate'][name]}", flush=True)
+        for name, cfg in (("in_process", local), ("remote", config)):
+            with serving(cfg) as server:
+                res.setdefault("served_at_slo_rate", {})[name] = _bench_rate(
+                    server.base, rate, args.duration_slo, test, tmp / f"bench-{name}.json"
+                )
+            lat = res["served_at_slo_rate"][name].get("latency_ms", {})
+            print(f"served {name} at {rate:g}/s: p50 {lat.get('p50')} p99 {lat.get('p99')}",
+                  flush=True)  # fmt: skip
+    ev = res.get("evaluate", {})
+    if "accuracy" in ev.get("remote", {}) and "accuracy" in ev.get("in_process", {}):
+        alone = {k: v["tier_accuracy_alone"]["accurate"] for k, v in ev.items()}
+        res["accurate_tier_alone_equal"] = alone["remote"] == alone["in_process"]
+        res["accurate_tier_alone"] = alone
+    return res
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", default="llm,v2_batching,overhead")
+    ap.add_argument("--parts", default="llm,v2_batching,overhead,demo_remote")
+    ap.add_argument("--ml-threads", type=int, default=2, help="onnxruntime threads (MLServer)")
+    ap.add_argument("--duration-slo", type=float, default=30, help="seconds at the SLO rate")
     ap.add_argument("--n-llm", type=int, default=200, help="test snippets for the LLM tier")
     ap.add_argument("--n-calib", type=int, default=300, help="calibration snippets (LLM)")
     ap.add_argument("--margin", type=float, default=0.07, help="calibrate target below LLM acc")
@@ -568,6 +645,13 @@ def main() -> None:
                 if "v2_batching" in parts:
                     results["v2_batching"] = part_v2_batching(args, ml.url, ml.proc.pid, tmp, texts)
                     save(results, args.out)
+    if "demo_remote" in parts:
+        if not MLSERVER.exists():
+            results["demo_remote"] = {
+                "skipped": "MLServer missing: scripts/peers/install_mlserver.sh"
+            }
+        else:
+            results["demo_remote"] = part_demo_remote(args, demo, tmp)
     save(results, args.out)
     print(f"wrote {args.out}")
 

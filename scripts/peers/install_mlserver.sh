@@ -6,6 +6,8 @@
 # scikit-learn is pinned to the version in the project's main venv (<repo>/.venv) when that venv
 # has it, because a .joblib pickled by one scikit-learn release is not guaranteed to load in
 # another: the model served by MLServer must be unpickled by the release that trained it.
+# onnxruntime and tokenizers (for examples/remote_accurate's custom runtime, which serves the
+# demo's ONNX accurate tier over V2) are pinned to the main venv's versions for the same reason.
 #
 # Idempotent: skipped when the right versions are already importable. Non-interactive, safe for
 # CI. Prints how long it took.
@@ -47,14 +49,27 @@ if [[ "$SKLEARN_VERSION" == auto ]]; then
     fi
 fi
 
+main_version() {  # a package's version in the main venv, or nothing
+    [[ -x "$ROOT/.venv/bin/python" ]] || return 0
+    "$ROOT/.venv/bin/python" -c "from importlib.metadata import version; print(version('$1'))" 2>/dev/null || true
+}
+EXTRAS=()
+for pkg in onnxruntime tokenizers; do
+    v="$(main_version "$pkg")"
+    EXTRAS+=("$pkg${v:+==$v}")
+done
+
 mlserver_ok() {
-    "$VPY" - "$VERSION" "$SKLEARN_VERSION" <<'EOF' >/dev/null 2>&1
+    "$VPY" - "$VERSION" "$SKLEARN_VERSION" "${EXTRAS[@]}" <<'EOF' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
-import mlserver, mlserver_sklearn, sklearn  # noqa: F401
+import mlserver, mlserver_sklearn, sklearn, onnxruntime, tokenizers  # noqa: F401
 ok = version("mlserver") == sys.argv[1] and version("mlserver-sklearn") == sys.argv[1]
 if sys.argv[2]:
     ok = ok and sklearn.__version__ == sys.argv[2]
+for req in sys.argv[3:]:
+    name, _, pin = req.partition("==")
+    ok = ok and (not pin or version(name) == pin)
 sys.exit(0 if ok else 1)
 EOF
 }
@@ -72,6 +87,7 @@ EOF
     fi
     reqs=("mlserver==$VERSION" "mlserver-sklearn==$VERSION")
     [[ -n "$SKLEARN_VERSION" ]] && reqs+=("scikit-learn==$SKLEARN_VERSION")
+    reqs+=("${EXTRAS[@]}")
     log "pip install ${reqs[*]} (~1 CPU-min, mostly wheel unpacking)"
     T1=$SECONDS
     "$VPY" -m pip install "${PIP_FLAGS[@]}" --quiet "${reqs[@]}"
@@ -80,6 +96,6 @@ EOF
 fi
 
 "$VENV/bin/mlserver" --version >/dev/null || die "the mlserver CLI does not run"
-log "$("$VPY" -c 'from importlib.metadata import version as v; print("mlserver", v("mlserver"), "| mlserver-sklearn", v("mlserver-sklearn"), "| scikit-learn", v("scikit-learn"))')"
+log "$("$VPY" -c 'from importlib.metadata import version as v; print("mlserver", v("mlserver"), "| mlserver-sklearn", v("mlserver-sklearn"), "| scikit-learn", v("scikit-learn"), "| onnxruntime", v("onnxruntime"), "| tokenizers", v("tokenizers"))')"
 log "done in $((SECONDS - T0))s"
 log "MLSERVER_BIN=$VENV/bin/mlserver"
