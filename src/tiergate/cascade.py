@@ -192,7 +192,10 @@ class Cascade:
         retry = 0
         while True:
             try:
-                scored = await asyncio.wait_for(tier.predict(batch, deadline), timeout)
+                # asyncio.timeout, not wait_for: wait_for runs the call in a task of its
+                # own, one more event-loop hop per tier call for the same cancellation.
+                async with asyncio.timeout(timeout):
+                    scored = await tier.predict(batch, deadline)
             except TimeoutError:
                 tier.breaker.record(False)
                 raise
