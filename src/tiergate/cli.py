@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 demo_app = typer.Typer(help="The built-in review-sentiment demo.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
+keys_app = typer.Typer(help="API keys (a keys file of salted hashes).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 err = Console(stderr=True)
 stdout = Console()
@@ -116,6 +118,42 @@ def demo_build(
     stdout.print(f"demo config: {path}")
 
 
+@keys_app.command("add")
+def keys_add(
+    name: Annotated[str, typer.Argument(help="Key name (shown in logs, metrics, errors).")],
+    keys_file: Annotated[Path, typer.Option(help="Keys file (created if absent).")],
+    rights: Annotated[
+        str, typer.Option(help="Comma-separated: predict, usage, metrics, docs.")
+    ] = "predict,usage",
+    per_second: Annotated[float | None, typer.Option(help="Rate limit, requests/s.")] = None,
+    per_minute: Annotated[float | None, typer.Option(help="Rate limit, requests/min.")] = None,
+    burst: Annotated[float | None, typer.Option(help="Per-second bucket size.")] = None,
+    replace: Annotated[bool, typer.Option(help="Rotate: replace an existing key.")] = False,
+) -> None:
+    """Add a key; print it once (only its salted hash is stored)."""
+    from pydantic import ValidationError
+
+    from tiergate.tenancy import RateLimit, add_key
+
+    try:
+        wanted = tuple(r.strip() for r in rights.split(",") if r.strip())
+        bad = sorted(set(wanted) - {"predict", "usage", "metrics", "docs"})
+        if bad:
+            err.print(f"[bold red]error:[/] unknown right(s): {', '.join(bad)}")
+            raise typer.Exit(2)
+        limit = None
+        if per_second is not None or per_minute is not None:
+            limit = RateLimit(per_second=per_second, per_minute=per_minute, burst=burst)
+        key = add_key(keys_file, name, rights=wanted, rate_limit=limit, replace=replace)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err.print(f"[bold red]error:[/] {exc.errors()[0]['msg']}")
+        raise typer.Exit(2) from None
+    except TiergateError as exc:
+        raise _fail(exc) from None
+    err.print(f"key {name!r} written to {keys_file} (hash only); the key, shown once:")
+    print(key)
+
+
 @app.command()
 def serve(
     config: Annotated[
@@ -158,10 +196,27 @@ def serve(
     except TiergateError as exc:
         raise _fail(exc) from None
     err.print(f"tiers: {', '.join(repr(t) for t in service.tiers)}", highlight=False)
+    if service.tenancy.enabled:
+        err.print(f"auth: {service.tenancy.describe()}", highlight=False)
+    else:
+        err.print("auth: open — no keys file configured, anyone reaching this port may call it")
+    if cfg.access_log:
+        _access_log_to_stdout()
     uvicorn.run(
         create_app(service), host=host, port=port, log_level=log_level,
         access_log=False, loop="auto", http="auto",
     )  # fmt: skip
+
+
+def _access_log_to_stdout() -> None:
+    import logging
+
+    logger = logging.getLogger("tiergate.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 async def _probe_remote(service: Service) -> None:

@@ -32,6 +32,7 @@ from tiergate.errors import ConfigError
 
 __all__ = [
     "AdmissionConfig",
+    "AuthConfig",
     "BatchingConfig",
     "BreakerConfig",
     "CacheConfig",
@@ -477,6 +478,51 @@ class SLOConfig(_Frozen):
     rate: float | None = Field(None, gt=0, description="Arrival rate (req/s) the SLOs hold at.")
 
 
+class AuthConfig(_Frozen):
+    """API keys, their rights and rate limits (see README: Keys and rate limits)."""
+
+    keys_file: Path | None = Field(
+        None, description="Keys file written by `tiergate keys add` (relative to this config)."
+    )
+    keys_file_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Name of an environment variable holding the keys file's path "
+        "(used when `keys_file` is not set).",
+    )
+    protect: tuple[Literal["metrics", "docs"], ...] = Field(
+        ("metrics", "docs"),
+        description="Routes besides predict that need a key with that right "
+        "(`docs`: /docs, /redoc, /openapi.json). /healthz and /readyz stay open.",
+    )
+    rate_limit_store: Literal["memory", "redis"] = Field(
+        "memory",
+        description="memory: buckets per process (N replicas give a key N times its limit); "
+        "redis: shared by every replica.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for shared limits.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AuthConfig:
+        if self.keys_file is not None and self.keys_file_env is not None:
+            raise ValueError("give keys_file or keys_file_env, not both")
+        return self
+
+    def resolved_keys_file(self, base: Path | None) -> Path | None:
+        """The keys file to load, or None when the service is open."""
+        path = self.keys_file
+        if path is None and self.keys_file_env is not None:
+            value = os.environ.get(self.keys_file_env)
+            if not value:
+                raise ConfigError(
+                    f"auth.keys_file_env names {self.keys_file_env}, which is not set"
+                )
+            path = Path(value)
+        if path is None:
+            return None
+        return path if path.is_absolute() or base is None else base / path
+
+
 class ServiceConfig(_Frozen):
     """A whole service: ordered tiers (cheapest first), calibration, limits, SLOs."""
 
@@ -496,6 +542,10 @@ class ServiceConfig(_Frozen):
     cache: CacheConfig = Field(CacheConfig(), description="Exact and semantic caches.")
     pricing: PricingConfig = Field(PricingConfig(), description="Pricing.")
     slo: SLOConfig = Field(SLOConfig(), description="Service level objectives.")
+    auth: AuthConfig = Field(AuthConfig(), description="API keys and rate limits.")
+    access_log: bool = Field(
+        False, description="One JSON line per request on the `tiergate.access` logger."
+    )
     path: Path | None = Field(None, exclude=True, description="Where this config was read.")
 
     @model_validator(mode="after")

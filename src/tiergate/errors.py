@@ -6,7 +6,10 @@ TiergateError                      base; carries a machine-readable ``type``
 ├── InputError                     a request is invalid (HTTP 422)
 │   └── InputTooLargeError         a request exceeds a size limit (HTTP 413)
 ├── NotReadyError                  models are still loading (HTTP 503)
+├── UnauthorizedError              no API key, or an unknown one (HTTP 401)
+├── ForbiddenError                 the key has no right to this route (HTTP 403)
 ├── OverloadError                  admission control shed the request (HTTP 429)
+│   └── RateLimitedError           the key's rate limit is spent (HTTP 429)
 ├── DeadlineExceededError          no tier answered in time, no fallback (HTTP 504)
 ├── ModelError                     a model adapter failed or returned garbage
 │   └── UpstreamError              a remote tier's server failed (status, retry, back-off)
@@ -23,12 +26,15 @@ __all__ = [
     "CalibrationError",
     "ConfigError",
     "DeadlineExceededError",
+    "ForbiddenError",
     "InputError",
     "InputTooLargeError",
     "ModelError",
     "NotReadyError",
     "OverloadError",
+    "RateLimitedError",
     "TiergateError",
+    "UnauthorizedError",
     "UpstreamError",
 ]
 
@@ -80,6 +86,24 @@ class OverloadError(TiergateError):
     def __init__(self, message: str, retry_after_s: float = 1.0, **fields: Any) -> None:
         super().__init__(message, **fields)
         self.retry_after_s = retry_after_s
+
+
+class RateLimitedError(OverloadError):
+    """The caller's key spent its rate limit; retry after ``retry_after_s``."""
+
+    type = "rate_limited"
+
+
+class UnauthorizedError(TiergateError):
+    """No API key, a malformed header or an unknown key (the message never echoes it)."""
+
+    type = "unauthorized"
+
+
+class ForbiddenError(TiergateError):
+    """A valid key without the right to the route it asked for."""
+
+    type = "forbidden"
 
 
 class DeadlineExceededError(TiergateError):

@@ -156,7 +156,29 @@ class Metrics:
             ["tier", "kind"],
             registry=r,
         )
+        self.key_requests = Counter(
+            "tiergate_key_requests",
+            "Requests admitted per API key (by key name; never the key).",
+            ["key"],
+            registry=r,
+        )
+        self.auth_rejected = Counter(
+            "tiergate_auth_rejected",
+            "Requests refused by API-key checks, by reason (unauthorized, forbidden, "
+            "rate_limited).",
+            ["reason"],
+            registry=r,
+        )
+        self.shared_state_fallback = Counter(
+            "tiergate_shared_state_fallback",
+            "Decisions taken on per-process state because Redis was unreachable.",
+            ["what"],
+            registry=r,
+        )
         self._service = service
+        self.key_requests_by = BoundLabels(self.key_requests)
+        self.auth_rejected_by = BoundLabels(self.auth_rejected)
+        self.shared_state_fallback_by = BoundLabels(self.shared_state_fallback)
         self.tokens_by = BoundLabels(self.tokens)
         # Children bound once: the request path never calls ``labels()``.
         self.requests_by = BoundLabels(self.requests)

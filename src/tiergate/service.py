@@ -20,6 +20,7 @@ from tiergate.models import AsyncModelAdapter, ModelAdapter, is_async, load_adap
 from tiergate.resilience import Admission, Backoff, BreakerPolicy, FaultInjector, FaultSpec
 from tiergate.resilience.breaker import STATE_VALUE
 from tiergate.resilience.retry import RetryBudget
+from tiergate.tenancy import Tenancy
 from tiergate.tier import Tier
 from tiergate.types import Result
 
@@ -83,6 +84,9 @@ class Service:
             self.cascade.calibration_version,
             self.metrics,
             clock=clock,
+        )
+        self.tenancy = Tenancy.from_config(
+            config.auth, config.path.parent if config.path else None, self.metrics
         )
         for t in self.tiers:
             t.breaker.on_change(self._breaker_changed)
@@ -304,6 +308,7 @@ class Service:
             "service": self.config.service,
             "calibration_version": self.cascade.calibration_version,
             "cpu_count": os.cpu_count(),
+            **self.tenancy.describe(),
             "tiers": [
                 {
                     **t.describe(),
@@ -324,6 +329,7 @@ class Service:
     async def aclose(self) -> None:
         """Close caches (background audits, Redis connections) and tiers."""
         await self.caches.aclose()
+        await self.tenancy.aclose()
         for t in self.tiers:
             await t.aclose()
 

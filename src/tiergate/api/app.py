@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,14 +26,17 @@ from tiergate.config import LimitsConfig
 from tiergate.errors import (
     ConfigError,
     DeadlineExceededError,
+    ForbiddenError,
     InputError,
     InputTooLargeError,
     ModelError,
     NotReadyError,
     OverloadError,
     TiergateError,
+    UnauthorizedError,
 )
 from tiergate.heap import GcPolicy, GcWatch, prepare_for_serving
+from tiergate.requestlog import access_line, request_id
 from tiergate.service import Service
 
 __all__ = ["create_app"]
@@ -40,6 +44,8 @@ __all__ = ["create_app"]
 log = logging.getLogger("tiergate")
 
 _STATUS: dict[type[TiergateError], int] = {
+    UnauthorizedError: 401,
+    ForbiddenError: 403,
     InputTooLargeError: 413,
     InputError: 422,
     NotReadyError: 503,
@@ -179,6 +185,7 @@ def create_app(
             await request.body(),
             request.headers.get("content-length"),
             deadline,
+            request.headers.get("authorization"),
         )
         return _framework_response(status, payload, headers)
 
@@ -202,6 +209,7 @@ def create_app(
     async def predict_batch(request: Request) -> Response:
         return await _framework_route(request, handlers.predict_batch)
 
+    app.handlers = handlers
     app.hot_routes = {
         "/v1/predict": handlers.asgi(handlers.predict),
         "/v1/predict/batch": handlers.asgi(handlers.predict_batch),
@@ -234,8 +242,11 @@ _Send = Callable[[dict[str, Any]], Awaitable[None]]
 _Receive = Callable[[], Awaitable[dict[str, Any]]]
 _ASGI = Callable[[dict[str, Any], _Receive, _Send], Awaitable[None]]
 _Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
-_Handle = Callable[[Service, dict[str, Any], float | None], Awaitable[bytes]]
+_Handle = Callable[[Service, dict[str, Any], float | None, dict[str, Any] | None], Awaitable[bytes]]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# Routes besides predict that a key needs a right for, when `auth.protect` names it.
+_PROTECTED = {"/metrics": "metrics", "/docs": "docs", "/redoc": "docs",
+              "/openapi.json": "docs", "/docs/oauth2-redirect": "docs"}  # fmt: skip
 
 
 class _App(FastAPI):
@@ -248,14 +259,45 @@ class _App(FastAPI):
     """
 
     hot_routes: dict[str, _ASGI]
+    handlers: _Handlers
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        if scope["method"] == "POST":
             handler = self.hot_routes.get(scope["path"])
             if handler is not None and not scope.get("root_path"):
                 await handler(scope, receive, send)
                 return
-        await super().__call__(scope, receive, send)
+        rid_header = authorization = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid_header = value
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
+        rid = request_id(rid_header)
+
+        async def send_with_id(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), (b"x-request-id", rid)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        right = _PROTECTED.get(scope["path"])
+        service = self.state.tiergate["service"]
+        if right is not None and service is not None and right in service.tenancy.protect:
+            try:
+                service.tenancy.check(authorization, right)
+            except TiergateError as exc:
+                status, payload, headers = self.handlers.error(exc)
+                headers = [*headers, (b"content-length", b"%d" % len(payload))]
+                await send_with_id(
+                    {"type": "http.response.start", "status": status, "headers": headers}
+                )
+                await send({"type": "http.response.body", "body": payload})
+                return
+        await super().__call__(scope, receive, send_with_id)
 
 
 class _ClientGone(Exception):
@@ -287,47 +329,74 @@ class _Handlers:
         return status, orjson.dumps({"error": exc.to_dict()}), headers
 
     async def run(
-        self, handle: _Handle, raw: bytes, declared: str | None, deadline: str | None
-    ) -> _Answer:
+        self, handle: _Handle, raw: bytes, declared: str | None, deadline: str | None,
+        authorization: str | None = None, ctx: dict[str, Any] | None = None,
+    ) -> _Answer:  # fmt: skip
         try:
             s = self.service()
+            if s.tenancy.enabled:
+                tenant = await s.tenancy.admit(authorization, "predict")
+                if ctx is not None and tenant is not None:
+                    ctx["key"] = tenant.name
             limit = s.config.limits.max_body_bytes
             if declared and declared.isdigit() and int(declared) > limit:
                 raise InputTooLargeError(f"request body is {declared} bytes; the limit is {limit}")
-            payload = await handle(s, _parse(raw, limit), _deadline(deadline))
+            payload = await handle(s, _parse(raw, limit), _deadline(deadline), ctx)
         except TiergateError as exc:
             return self.error(exc)
         return 200, payload, _JSON_HEADERS
 
     @staticmethod
-    async def predict(s: Service, data: dict[str, Any], header: float | None) -> bytes:
+    async def predict(
+        s: Service, data: dict[str, Any], header: float | None, ctx: dict[str, Any] | None
+    ) -> bytes:
         _unknown_keys(data, ("input", "deadline_ms"))
         if "input" not in data:
             raise InputError("missing field: input", field="input")
         result = await s.predict(data["input"], _body_deadline(data, header))
+        if ctx is not None:
+            ctx.update(tier=result.tier, cache=result.cache, degraded=result.degraded,
+                       cost=result.cost)  # fmt: skip
         return orjson.dumps(result.to_dict())
 
     @staticmethod
-    async def predict_batch(s: Service, data: dict[str, Any], header: float | None) -> bytes:
+    async def predict_batch(
+        s: Service, data: dict[str, Any], header: float | None, ctx: dict[str, Any] | None
+    ) -> bytes:
         _unknown_keys(data, ("inputs", "deadline_ms"))
         if "inputs" not in data:
             raise InputError("missing field: inputs", field="inputs")
         results = await s.predict_batch(data["inputs"], _body_deadline(data, header))
+        if ctx is not None:
+            ctx.update(n=len(results), cost=sum(r.cost for r in results),
+                       degraded=sum(r.degraded is not None for r in results))  # fmt: skip
         return orjson.dumps({"results": [r.to_dict() for r in results]})
 
     def asgi(self, handle: _Handle) -> _ASGI:
         """``handle`` as a plain ASGI app (the fast dispatch of :class:`_App`)."""
 
         async def endpoint(scope: dict[str, Any], receive: _Receive, send: _Send) -> None:
-            declared = deadline = None
+            declared = deadline = authorization = None
+            rid_header: bytes | None = None
             for name, value in scope["headers"]:
                 if name == b"content-length":
                     declared = value.decode("latin-1")
                 elif name == b"x-request-deadline-ms":
                     deadline = value.decode("latin-1")
+                elif name == b"authorization":
+                    authorization = value.decode("latin-1")
+                elif name == b"x-request-id":
+                    rid_header = value
+            rid = request_id(rid_header)
+            s = self._state["service"]
+            logging_on = s is not None and s.config.access_log
+            ctx: dict[str, Any] | None = {} if logging_on else None
+            started = time.perf_counter()
             try:
                 raw = await _read_body(receive, self._body_limit())
-                status, payload, headers = await self.run(handle, raw, declared, deadline)
+                status, payload, headers = await self.run(
+                    handle, raw, declared, deadline, authorization, ctx
+                )
             except _ClientGone:
                 return
             except TiergateError as exc:
@@ -339,10 +408,16 @@ class _Handlers:
                 {
                     "type": "http.response.start",
                     "status": status,
-                    "headers": [*headers, (b"content-length", b"%d" % len(payload))],
+                    "headers": [
+                        *headers,
+                        (b"content-length", b"%d" % len(payload)),
+                        (b"x-request-id", rid),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": payload})
+            if ctx is not None:
+                access_line(rid, scope["path"], status, ctx.pop("key", None), started, ctx)
 
         return endpoint
 
