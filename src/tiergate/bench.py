@@ -101,6 +101,7 @@ def run_bench(
     out: Path | None = None,
     console: Console | None = None,
     route: str = "/v1/predict",
+    max_connections: int = 64,
 ) -> dict[str, Any]:
     """Run one load and return (and write) its summary."""
     data = data or tiergate_home() / "demo" / "data" / "test.jsonl"
@@ -121,7 +122,8 @@ def run_bench(
         with asyncio.Runner(loop_factory=_fast_loop()) as runner:
             res = runner.run(
                 run_load(base.rstrip("/") + route, bodies, rate=rate, concurrency=concurrency,
-                         duration_s=duration_s, progress=progress)
+                         duration_s=duration_s, progress=progress,
+                         max_connections=max_connections)
             )  # fmt: skip
         return {"target": target, "data": str(data), "repeat_ratio": repeat_ratio,
                 **summarize(res)}  # fmt: skip

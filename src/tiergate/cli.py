@@ -350,6 +350,9 @@ def bench(
         float, typer.Option(help="Share of requests repeating an earlier input.")
     ] = 0.0,
     out: Annotated[Path, typer.Option(help="Result JSON.")] = Path("bench.json"),
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open loop: most requests in flight (connections).")
+    ] = 64,
 ) -> None:
     """Drive a service with load and write throughput, latency percentiles and counts."""
     from tiergate.bench import run_bench
@@ -361,6 +364,7 @@ def bench(
         summary = run_bench(
             target, rate=rate, concurrency=concurrency, duration_s=duration,
             data=data, repeat_ratio=repeat_ratio, out=out, console=err,
+            max_connections=max_connections,
         )  # fmt: skip
     except TiergateError as exc:
         raise _fail(exc) from None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +81,7 @@ class LoadResult:
     responses: list[tuple[int, bytes]] = field(default_factory=list)
     status_latencies: list[tuple[int, float]] = field(default_factory=list)
     stale_retries: int = 0
+    late_sends: int = 0  # open loop: sent after their due time (all connections were busy)
 
 
 class _Conn:
@@ -143,7 +144,7 @@ async def run_load(
     concurrency: int | None = None,
     duration_s: float = 10.0,
     timeout_s: float = 10.0,
-    max_connections: int = 512,
+    max_connections: int = 64,
     keep_responses: bool = False,
     progress: Callable[[float, LoadResult], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
@@ -221,7 +222,26 @@ async def run_load(
     if rate is not None:
         # The count is fixed up front; the send time is for sleeping only. Each wake-up
         # sends every request due by then (latency still counts from each one's own due
-        # time), so the generator's cost does not include a sleep per request.
+        # time), so the generator's cost does not include a sleep per request. At most
+        # ``max_connections`` requests are in flight, as with wrk2's fixed connections: a
+        # request due while all are busy waits in a queue and goes out on the next free
+        # connection, its latency still counted from its due time; one that waited
+        # longer than ``timeout_s`` counts as ``client_saturated`` and is not sent.
+        backlog: deque[int] = deque()
+
+        async def chain(j: int) -> None:
+            await one(j, start + j / rate, j / rate)
+            while backlog:
+                k = backlog.popleft()
+                offset = k / rate
+                if clock() - (start + offset) > timeout_s:
+                    res.transport_errors["client_saturated"] += 1
+                    res.latencies_s.append(timeout_s)
+                    res.send_offsets_s.append(offset)
+                    continue
+                res.late_sends += 1
+                await one(k, start + offset, offset)
+
         i = 0
         while i < n_open:
             elapsed = clock() - start
@@ -233,17 +253,16 @@ async def run_load(
                 # Request i is due now, whatever float rounding makes of the clock.
                 due = max(i + 1, min(n_open, int((clock() - start) * rate) + 1))
             for j in range(i, due):
-                offset = j / rate
-                if len(tasks) >= max_connections:
-                    # Client-side saturation (every connection has a request in flight):
-                    # count it instead of queueing without bound.
-                    res.transport_errors["client_saturated"] += 1
-                    res.latencies_s.append(timeout_s)
-                    res.send_offsets_s.append(offset)
-                else:
-                    t = asyncio.create_task(one(j, start + offset, offset))
+                if len(tasks) < max_connections:
+                    t = asyncio.create_task(chain(j))
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
+                elif max_connections == 0:  # no connection may ever open: count only
+                    res.transport_errors["client_saturated"] += 1
+                    res.latencies_s.append(timeout_s)
+                    res.send_offsets_s.append(j / rate)
+                else:
+                    backlog.append(j)
             i = res.sent = due
             if progress and clock() - last_report > 1.0:
                 last_report = clock()
@@ -271,7 +290,8 @@ async def run_load(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         rep.cancel()
     if tasks:
-        await asyncio.wait(tasks, timeout=timeout_s + 1)
+        # Queued requests older than timeout_s are dropped unsent, so this ends.
+        await asyncio.wait(tasks, timeout=2 * timeout_s + 1)
     res.duration_s = clock() - start
     for c in idle:
         c.close()
@@ -333,6 +353,7 @@ def summarize(res: LoadResult) -> dict[str, Any]:
         "transport_errors": dict(res.transport_errors),
         "error_reasons": dict(res.error_reasons),
         "stale_connection_retries": res.stale_retries,
+        "late_sends": res.late_sends,
         "tiers": dict(res.tiers),
         "degraded": dict(res.degraded),
         "cache": dict(res.caches),
