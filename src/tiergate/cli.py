@@ -202,10 +202,14 @@ def serve(
         err.print("auth: open — no keys file configured, anyone reaching this port may call it")
     if cfg.access_log:
         _access_log_to_stdout()
-    uvicorn.run(
-        create_app(service), host=host, port=port, log_level=log_level,
-        access_log=False, loop="auto", http="auto",
+    from tiergate.drain import DrainingServer
+
+    server = DrainingServer(
+        uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level,
+                       access_log=False, loop="auto", http="auto"),
+        service, grace_s=cfg.drain_grace_s,
     )  # fmt: skip
+    server.run()
 
 
 def _access_log_to_stdout() -> None:

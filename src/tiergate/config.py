@@ -546,6 +546,11 @@ class ServiceConfig(_Frozen):
     access_log: bool = Field(
         False, description="One JSON line per request on the `tiergate.access` logger."
     )
+    drain_grace_s: float = Field(
+        25.0, gt=0, le=3600,
+        description="On SIGTERM: seconds to finish requests in flight before exiting "
+        "(keep it under Kubernetes' terminationGracePeriodSeconds minus the preStop sleep).",
+    )  # fmt: skip
     path: Path | None = Field(None, exclude=True, description="Where this config was read.")
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ TiergateError                      base; carries a machine-readable ``type``
 ├── InputError                     a request is invalid (HTTP 422)
 │   └── InputTooLargeError         a request exceeds a size limit (HTTP 413)
 ├── NotReadyError                  models are still loading (HTTP 503)
+│   └── DrainingError              this replica is shutting down (HTTP 503 + Retry-After)
 ├── UnauthorizedError              no API key, or an unknown one (HTTP 401)
 ├── ForbiddenError                 the key has no right to this route (HTTP 403)
 ├── OverloadError                  admission control shed the request (HTTP 429)
@@ -26,6 +27,7 @@ __all__ = [
     "CalibrationError",
     "ConfigError",
     "DeadlineExceededError",
+    "DrainingError",
     "ForbiddenError",
     "InputError",
     "InputTooLargeError",
@@ -76,6 +78,16 @@ class NotReadyError(TiergateError):
     """The service has not finished loading its models."""
 
     type = "not_ready"
+
+
+class DrainingError(NotReadyError):
+    """The replica is draining (SIGTERM): retry on another after ``retry_after_s``."""
+
+    type = "draining"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.retry_after_s = retry_after_s
 
 
 class OverloadError(TiergateError):

@@ -13,7 +13,13 @@ from tiergate.artifact import CalibrationArtifact, read_artifact
 from tiergate.cachelayer import CacheLayer, with_latency
 from tiergate.cascade import Cascade, FallbackPolicy
 from tiergate.config import ServiceConfig
-from tiergate.errors import ConfigError, DeadlineExceededError, ModelError, OverloadError
+from tiergate.errors import (
+    ConfigError,
+    DeadlineExceededError,
+    DrainingError,
+    ModelError,
+    OverloadError,
+)
 from tiergate.guard import Guard
 from tiergate.metrics import Metrics
 from tiergate.models import AsyncModelAdapter, ModelAdapter, is_async, load_adapter
@@ -85,6 +91,7 @@ class Service:
             self.metrics,
             clock=clock,
         )
+        self.draining = False  # set on SIGTERM by tiergate.drain
         self.tenancy = Tenancy.from_config(
             config.auth, config.path.parent if config.path else None, self.metrics
         )
@@ -182,8 +189,14 @@ class Service:
         ms = deadline_ms if deadline_ms is not None else self.config.default_deadline_ms
         return start, start + ms / 1000.0
 
+    def _not_draining(self) -> None:
+        if self.draining:
+            raise DrainingError("this replica is shutting down; retry on another",
+                                retry_after_s=1.0)  # fmt: skip
+
     async def predict(self, text: Any, deadline_ms: float | None = None) -> Result:
         """Answer one input (validated here); raises a typed error if nothing can answer."""
+        self._not_draining()
         start, deadline = self.deadline(deadline_ms)
         clean = self.guard.text(text)
         self._admit(1)
@@ -200,6 +213,7 @@ class Service:
 
     async def predict_batch(self, texts: Any, deadline_ms: float | None = None) -> list[Result]:
         """Answer many inputs with one model call per tier; failures are per item."""
+        self._not_draining()
         start, deadline = self.deadline(deadline_ms)
         clean = self.guard.batch(texts)
         self._admit(len(clean))

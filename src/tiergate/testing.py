@@ -34,6 +34,7 @@ __all__ = [
     "keyword_sentiment",
     "metric_total",
     "serve_in_thread",
+    "slow_keyword_sentiment",
     "toy_sentiment_repo",
 ]
 
@@ -111,6 +112,16 @@ def keyword_sentiment(texts: Sequence[str]) -> Probabilities:
         p = 1.0 / (1.0 + np.exp(-1.5 * margin))
         rows.append((1.0 - p, p))
     return np.array(rows, dtype=np.float64).reshape(len(texts), 2)
+
+
+def slow_keyword_sentiment(texts: Sequence[str]) -> Probabilities:
+    """:func:`keyword_sentiment`, after ``$TIERGATE_TEST_SLOW_S`` seconds (default 1) when
+    a text contains ``[slow]``: a model still busy when a test sends SIGTERM."""
+    import os
+
+    if any("[slow]" in t for t in texts):
+        time.sleep(float(os.environ.get("TIERGATE_TEST_SLOW_S", "1.0")))
+    return keyword_sentiment(texts)
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:

@@ -40,12 +40,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from tiergate.config import load_config, worker_environ
+from tiergate.drain import DrainingServer
 from tiergate.errors import ConfigError, TiergateError
+
+if TYPE_CHECKING:
+    from tiergate.service import Service
 
 __all__ = ["RestartPolicy", "Supervisor", "check_port_free", "reuseport_socket", "run_worker"]
 
@@ -131,11 +135,14 @@ def check_port_free(host: str, port: int) -> None:
             raise _bind_error(host, port, exc) from None
 
 
-class _NotifyingServer(uvicorn.Server):
-    """A uvicorn server that tells the supervisor (one byte on a pipe) once it accepts."""
+class _NotifyingServer(DrainingServer):
+    """A draining uvicorn server that tells the supervisor (one byte on a pipe) once it
+    accepts."""
 
-    def __init__(self, config: uvicorn.Config, ready_fd: int | None) -> None:
-        super().__init__(config)
+    def __init__(
+        self, config: uvicorn.Config, service: Service, grace_s: float, ready_fd: int | None
+    ) -> None:
+        super().__init__(config, service, grace_s=grace_s)
         self._ready_fd = ready_fd
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -171,7 +178,7 @@ def run_worker(
     config = uvicorn.Config(
         create_app(service), log_level=log_level, access_log=False, loop="auto", http="auto",
     )  # fmt: skip
-    _NotifyingServer(config, ready_fd).run(sockets=[sock])
+    _NotifyingServer(config, service, service.config.drain_grace_s, ready_fd).run(sockets=[sock])
     return 0
 
 

@@ -26,6 +26,7 @@ from tiergate.config import LimitsConfig
 from tiergate.errors import (
     ConfigError,
     DeadlineExceededError,
+    DrainingError,
     ForbiddenError,
     InputError,
     InputTooLargeError,
@@ -221,7 +222,10 @@ def create_app(
 
     @app.get("/readyz", summary="Models loaded, ready to serve", responses=_errors_doc(503))
     async def readyz() -> Response:
-        return JSONResponse({"status": "ready", **handlers.service().describe()})
+        s = handlers.service()
+        if s.draining:
+            raise DrainingError("this replica is shutting down", retry_after_s=1.0)
+        return JSONResponse({"status": "ready", **s.describe()})
 
     @app.get(
         "/metrics",
@@ -324,7 +328,7 @@ class _Handlers:
             s.metrics.rejected_by(exc.type).inc()
         status = next((c for cls, c in _STATUS.items() if isinstance(exc, cls)), 500)
         headers = list(_JSON_HEADERS)
-        if isinstance(exc, OverloadError):
+        if isinstance(exc, OverloadError | DrainingError):
             headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
         return status, orjson.dumps({"error": exc.to_dict()}), headers
 
