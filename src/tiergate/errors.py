@@ -80,24 +80,24 @@ class NotReadyError(TiergateError):
     type = "not_ready"
 
 
-class DrainingError(NotReadyError):
+class _RetryAfter(TiergateError):
+    """An error whose HTTP answer carries ``Retry-After: retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.retry_after_s = retry_after_s
+
+
+class DrainingError(_RetryAfter, NotReadyError):
     """The replica is draining (SIGTERM): retry on another after ``retry_after_s``."""
 
     type = "draining"
 
-    def __init__(self, message: str, retry_after_s: float = 1.0, **fields: Any) -> None:
-        super().__init__(message, **fields)
-        self.retry_after_s = retry_after_s
 
-
-class OverloadError(TiergateError):
+class OverloadError(_RetryAfter):
     """The request was shed by admission control; retry after ``retry_after_s``."""
 
     type = "overloaded"
-
-    def __init__(self, message: str, retry_after_s: float = 1.0, **fields: Any) -> None:
-        super().__init__(message, **fields)
-        self.retry_after_s = retry_after_s
 
 
 class RateLimitedError(OverloadError):

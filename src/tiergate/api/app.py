@@ -35,6 +35,7 @@ from tiergate.errors import (
     OverloadError,
     TiergateError,
     UnauthorizedError,
+    _RetryAfter,
 )
 from tiergate.heap import GcPolicy, GcWatch, prepare_for_serving
 from tiergate.requestlog import access_line, request_id
@@ -328,7 +329,7 @@ class _Handlers:
             s.metrics.rejected_by(exc.type).inc()
         status = next((c for cls, c in _STATUS.items() if isinstance(exc, cls)), 500)
         headers = list(_JSON_HEADERS)
-        if isinstance(exc, OverloadError | DrainingError):
+        if isinstance(exc, _RetryAfter):
             headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
         return status, orjson.dumps({"error": exc.to_dict()}), headers
 
