@@ -37,9 +37,30 @@ class CacheLayer:
     tier settings, so a new model, calibration or policy never serves an old answer.
     """
 
-    def __init__(self, exact: ExactCache | None, semantic: SemanticCache | None) -> None:
+    def __init__(
+        self,
+        exact: ExactCache | None,
+        semantic: SemanticCache | None,
+        *,
+        rename: Callable[[str | None, str], str] | None = None,
+    ) -> None:
         self.exact = exact
         self.semantic = semantic
+        self._rename = rename
+
+    def rebind(self, calibration_version: str | None, thresholds: dict[str, float | None]) -> None:
+        """A new calibration or threshold is live: never serve an answer of the old one.
+
+        The exact cache moves to a namespace naming the calibration and the thresholds
+        in force (entries of the old one age out); the semantic index is emptied.
+        """
+        if self.exact is not None and self._rename is not None:
+            live = json.dumps(thresholds, sort_keys=True).encode()
+            self.exact.rebind(
+                self._rename(calibration_version, hashlib.sha256(live).hexdigest()[:8])
+            )
+        if self.semantic is not None:
+            self.semantic.index.clear()
 
     def __repr__(self) -> str:
         return f"CacheLayer(exact={self.exact!r}, semantic={self.semantic!r})"
@@ -58,10 +79,14 @@ class CacheLayer:
         policy = json.dumps(
             [t.model_dump(mode="json", exclude={"fault"}) for t in config.tiers], sort_keys=True
         )
-        namespace = make_namespace(
-            config.service, model_versions, calibration_version,
-            hashlib.sha256(policy.encode()).hexdigest()[:12],
-        )  # fmt: skip
+        policy_hash = hashlib.sha256(policy.encode()).hexdigest()[:12]
+
+        def rename(calibration: str | None, live: str) -> str:
+            return make_namespace(
+                config.service, model_versions, calibration, f"{policy_hash}+{live}"
+            )
+
+        namespace = make_namespace(config.service, model_versions, calibration_version, policy_hash)
         ec = config.cache.exact
         exact = None
         if ec.enabled:
@@ -95,7 +120,7 @@ class CacheLayer:
                 clock=clock,
                 metrics=cm,
             )
-        return cls(exact, semantic)
+        return cls(exact, semantic, rename=rename)
 
     async def exact_hit(self, text: str) -> tuple[bytes | None, Result | None]:
         """Try the exact cache alone: ``(key, hit)``; ``(None, None)`` without one.

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from tiergate.errors import DeadlineExceededError, ModelError, OverloadError, UpstreamError
 from tiergate.metrics import Metrics
@@ -60,6 +61,8 @@ class Cascade:
         self.metrics = metrics
         self.clock = clock
         self.sleep = sleep
+        # Sees each tier call's confidences (the monitor's input-drift test).
+        self.observer: Callable[[str, npt.NDArray[np.float64]], None] | None = None
 
     def __repr__(self) -> str:
         return f"Cascade({list(self.tiers)!r}, calibration={self.calibration_version!r})"
@@ -154,6 +157,8 @@ class Cascade:
                     m.tokens_by(tier.name, "completion").inc(int(used[1]))
             idx = probs.argmax(axis=1)
             conf = probs[np.arange(len(pending)), idx]
+            if self.observer is not None:
+                self.observer(tier.name, conf)
             last = i == len(self.tiers) - 1
             thr = tier.threshold
             per_item_ms = elapsed * 1000.0

@@ -37,12 +37,15 @@ __all__ = [
     "BreakerConfig",
     "CacheConfig",
     "CallableModelConfig",
+    "DriftConfig",
     "ExactCacheConfig",
     "FallbackConfig",
     "FaultConfig",
+    "FeedbackConfig",
     "HttpConfig",
     "LimitsConfig",
     "ModelConfig",
+    "MonitorConfig",
     "OnnxEmbeddingClassifierConfig",
     "OpenAIChatModelConfig",
     "OpenAICompletionsModelConfig",
@@ -51,6 +54,7 @@ __all__ = [
     "SLOConfig",
     "SemanticCacheConfig",
     "ServiceConfig",
+    "ShadowConfig",
     "SklearnModelConfig",
     "TierConfig",
     "TokenPricing",
@@ -523,6 +527,76 @@ class AuthConfig(_Frozen):
         return path if path.is_absolute() or base is None else base / path
 
 
+class ShadowConfig(_Frozen):
+    """Re-answer a share of the cheaper tiers' accepted answers with the last tier."""
+
+    rate: float = Field(
+        0.0, ge=0, le=1, description="Share of accepted answers re-answered (0: off)."
+    )
+    max_per_s: float = Field(5.0, gt=0, description="Most shadow calls per second.")
+    max_cost_per_hour: float | None = Field(
+        None, ge=0, description="Most shadow spend per hour (currency units; none: no cap)."
+    )
+    max_inflight: int = Field(4, ge=1, description="Most shadow calls in flight at once.")
+
+
+class FeedbackConfig(_Frozen):
+    """Where recent answers wait for a true label (``POST /v1/feedback``)."""
+
+    max_items: int = Field(100_000, ge=1, description="Answers remembered in memory.")
+    store: Literal["memory", "redis"] = Field(
+        "memory", description="redis: replicas share answers, so feedback may reach any one."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis server URL.")
+    ttl_s: float = Field(3600.0, gt=0, description="How long an answer awaits its label.")
+    log: Path | None = Field(
+        None,
+        description="Append labelled answers (and shadow labels, marked) to this JSONL file, "
+        "the input of `tiergate recalibrate` (relative to this config).",
+    )
+
+
+class DriftConfig(_Frozen):
+    """Alarms on accepted-answer accuracy and on input drift; optional auto-tightening."""
+
+    min_samples: int = Field(
+        30, ge=5, description="Shadow or labelled answers of a tier before it is judged."
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="Confidence of the accuracy intervals."
+    )
+    auto_tighten: bool = Field(
+        False, description="On an accuracy alarm, raise the tier's threshold (escalate more)."
+    )
+    tighten_step: float = Field(0.05, gt=0, le=0.5, description="Threshold step per tightening.")
+    input_window: int = Field(
+        500, ge=50, description="Recent first-tier confidences compared with calibration data."
+    )
+    input_every: int = Field(100, ge=10, description="Run the input-drift test every N samples.")
+    input_max_per_s: float = Field(
+        50.0, gt=0, description="Most confidences sampled per second for the input test."
+    )
+    input_pvalue: float = Field(
+        0.001, gt=0, lt=0.5, description="p-value below which one input test rejects."
+    )
+
+
+class MonitorConfig(_Frozen):
+    """Watching production: shadow evaluation, label feedback, drift alarms."""
+
+    enabled: bool = Field(True, description="Record answers for feedback and watch drift.")
+    window_s: float = Field(600.0, gt=0, description="Sliding window of the estimates, seconds.")
+    shadow: ShadowConfig = Field(ShadowConfig(), description="Shadow evaluation.")
+    feedback: FeedbackConfig = Field(FeedbackConfig(), description="Label feedback.")
+    drift: DriftConfig = Field(DriftConfig(), description="Drift alarms.")
+
+    def resolved_log(self, base: Path | None) -> Path | None:
+        path = self.feedback.log
+        if path is None:
+            return None
+        return path if path.is_absolute() or base is None else base / path
+
+
 class ServiceConfig(_Frozen):
     """A whole service: ordered tiers (cheapest first), calibration, limits, SLOs."""
 
@@ -543,6 +617,7 @@ class ServiceConfig(_Frozen):
     pricing: PricingConfig = Field(PricingConfig(), description="Pricing.")
     slo: SLOConfig = Field(SLOConfig(), description="Service level objectives.")
     auth: AuthConfig = Field(AuthConfig(), description="API keys and rate limits.")
+    monitor: MonitorConfig = Field(MonitorConfig(), description="Watching production.")
     access_log: bool = Field(
         False, description="One JSON line per request on the `tiergate.access` logger."
     )

@@ -9,6 +9,7 @@ TiergateError                      base; carries a machine-readable ``type``
 │   └── DrainingError              this replica is shutting down (HTTP 503 + Retry-After)
 ├── UnauthorizedError              no API key, or an unknown one (HTTP 401)
 ├── ForbiddenError                 the key has no right to this route (HTTP 403)
+├── NotFoundError                  a named thing (e.g. a request id) is not known (HTTP 404)
 ├── OverloadError                  admission control shed the request (HTTP 429)
 │   └── RateLimitedError           the key's rate limit is spent (HTTP 429)
 ├── DeadlineExceededError          no tier answered in time, no fallback (HTTP 504)
@@ -32,6 +33,7 @@ __all__ = [
     "InputError",
     "InputTooLargeError",
     "ModelError",
+    "NotFoundError",
     "NotReadyError",
     "OverloadError",
     "RateLimitedError",
@@ -116,6 +118,12 @@ class ForbiddenError(TiergateError):
     """A valid key without the right to the route it asked for."""
 
     type = "forbidden"
+
+
+class NotFoundError(TiergateError):
+    """A request names something the service does not know (any more)."""
+
+    type = "not_found"
 
 
 class DeadlineExceededError(TiergateError):

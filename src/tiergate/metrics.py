@@ -175,6 +175,71 @@ class Metrics:
             ["what"],
             registry=r,
         )
+        # Watching production (tiergate.monitor); estimates are point-in-time gauges.
+        per_worker = {"registry": r, "multiprocess_mode": "livemin"}  # the worst worker
+        self.shadow_accuracy = Gauge(
+            "tiergate_shadow_accuracy",
+            "Accuracy of a tier's accepted answers estimated from shadow re-answers by the "
+            "last tier (window: sliding window; start: since start).",
+            ["tier", "window"], **per_worker,  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.shadow_accuracy_lower = Gauge(
+            "tiergate_shadow_accuracy_lower",
+            "Lower end of the shadow accuracy estimate's interval.",
+            ["tier", "window"], **per_worker,  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.shadow_samples = Counter(
+            "tiergate_shadow_samples", "Accepted answers re-answered by the last tier.",
+            ["tier"], registry=r,
+        )  # fmt: skip
+        self.shadow_cost = Counter(
+            "tiergate_shadow_cost", "Cost of shadow re-answers, currency units.", registry=r
+        )
+        self.labelled_accuracy = Gauge(
+            "tiergate_labelled_accuracy",
+            "Accuracy of a tier's served answers on labels sent to /v1/feedback.",
+            ["tier", "window"], **per_worker,  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.labelled_accuracy_lower = Gauge(
+            "tiergate_labelled_accuracy_lower",
+            "Lower end of the labelled accuracy's interval.",
+            ["tier", "window"], **per_worker,  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.feedback = Counter(
+            "tiergate_feedback", "Labels received, by result (correct/wrong/unknown).",
+            ["result"], registry=r,
+        )  # fmt: skip
+        self.drift_alarm = Gauge(
+            "tiergate_drift_alarm", "1 while a drift alarm is raised, by tier and kind "
+            "(accuracy/input).", ["tier", "kind"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.input_drift_pvalue = Gauge(
+            "tiergate_input_drift_pvalue",
+            "p-value of the last input-drift test (live confidences vs calibration split).",
+            ["tier"], **per_worker,  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.threshold = Gauge(
+            "tiergate_threshold", "Confidence threshold a tier accepts at, now.", ["tier"],
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.threshold_changes = Counter(
+            "tiergate_threshold_changes", "Threshold changes, by tier and reason "
+            "(drift/reload).", ["tier", "reason"], registry=r,
+        )  # fmt: skip
+        self.accuracy_target = Gauge(
+            "tiergate_accuracy_target", "The calibrated accuracy target.", registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.shadow_samples_by = BoundLabels(self.shadow_samples)
+        self.shadow_accuracy_by = BoundLabels(self.shadow_accuracy)
+        self.shadow_accuracy_lower_by = BoundLabels(self.shadow_accuracy_lower)
+        self.labelled_accuracy_by = BoundLabels(self.labelled_accuracy)
+        self.labelled_accuracy_lower_by = BoundLabels(self.labelled_accuracy_lower)
+        self.feedback_by = BoundLabels(self.feedback)
+        self.drift_alarm_by = BoundLabels(self.drift_alarm)
+        self.input_drift_pvalue_by = BoundLabels(self.input_drift_pvalue)
+        self.threshold_by = BoundLabels(self.threshold)
+        self.threshold_changes_by = BoundLabels(self.threshold_changes)
         self._service = service
         self.key_requests_by = BoundLabels(self.key_requests)
         self.auth_rejected_by = BoundLabels(self.auth_rejected)

@@ -34,6 +34,7 @@ from tiergate.calibration import (
 from tiergate.config import ServiceConfig
 from tiergate.errors import ConfigError
 from tiergate.models.base import check_probabilities
+from tiergate.monitor.reference import reference_stats
 from tiergate.tier import Tier
 
 __all__ = [
@@ -225,6 +226,15 @@ def calibrate_service(
         "ece": ece,
         "achieved": ltt.to_dict(),
         "data": data_info,
+        # What the monitor should see on traffic like this data (tiergate.monitor).
+        "monitor": reference_stats(
+            scores.tier_names,
+            scores.confidences(temps),
+            [p.argmax(axis=1) for p in scores.probs],
+            scores.y,
+            ltt.thresholds,
+            len(scores.labels),
+        ),
     }
     body["version"] = artifact_version(body)
     return body

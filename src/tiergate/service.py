@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from tiergate.artifact import CalibrationArtifact, read_artifact
@@ -17,12 +19,14 @@ from tiergate.errors import (
     ConfigError,
     DeadlineExceededError,
     DrainingError,
+    InputError,
     ModelError,
     OverloadError,
 )
 from tiergate.guard import Guard
 from tiergate.metrics import Metrics
 from tiergate.models import AsyncModelAdapter, ModelAdapter, is_async, load_adapter
+from tiergate.monitor import Monitor
 from tiergate.resilience import Admission, Backoff, BreakerPolicy, FaultInjector, FaultSpec
 from tiergate.resilience.breaker import STATE_VALUE
 from tiergate.resilience.retry import RetryBudget
@@ -92,13 +96,17 @@ class Service:
             clock=clock,
         )
         self.draining = False  # set on SIGTERM by tiergate.drain
-        self.tenancy = Tenancy.from_config(
-            config.auth, config.path.parent if config.path else None, self.metrics
-        )
+        base = config.path.parent if config.path else None
+        self.tenancy = Tenancy.from_config(config.auth, base, self.metrics)
+        self.monitor = _monitor(self, base) if config.monitor.enabled else None
+        if self.monitor is not None:
+            self.cascade.observer = self.monitor.observe_confidence
         for t in self.tiers:
             t.breaker.on_change(self._breaker_changed)
             t.batcher.on_batch = self.metrics.batch_size_by(t.name).observe
             self.metrics.cost_per_call.labels(t.name).set(t.cost_per_call)
+            if t.threshold is not None:
+                self.metrics.threshold_by(t.name).set(t.threshold)
             self.metrics.info.labels(
                 config.service, t.name, t.version, self.cascade.calibration_version or "none"
             ).set(1)
@@ -194,8 +202,13 @@ class Service:
             raise DrainingError("this replica is shutting down; retry on another",
                                 retry_after_s=1.0)  # fmt: skip
 
-    async def predict(self, text: Any, deadline_ms: float | None = None) -> Result:
-        """Answer one input (validated here); raises a typed error if nothing can answer."""
+    async def predict(
+        self, text: Any, deadline_ms: float | None = None, *, request_id: str | None = None
+    ) -> Result:
+        """Answer one input (validated here); raises a typed error if nothing can answer.
+
+        ``request_id``: remember the answer under it for label feedback (and shadow it).
+        """
         self._not_draining()
         start, deadline = self.deadline(deadline_ms)
         clean = self.guard.text(text)
@@ -205,14 +218,21 @@ class Service:
         finally:
             self.admission.release(1)
         self._account(result)
+        if self.monitor is not None and request_id is not None:
+            self.monitor.record(request_id, clean, result)
         if result.output is None:
             raise self._failure(result)
         if result.degraded == "deadline" and not self.cascade.fallback.best_so_far_on_deadline:
             raise DeadlineExceededError("deadline reached before the policy's answer")
         return result
 
-    async def predict_batch(self, texts: Any, deadline_ms: float | None = None) -> list[Result]:
-        """Answer many inputs with one model call per tier; failures are per item."""
+    async def predict_batch(
+        self, texts: Any, deadline_ms: float | None = None, *, request_id: str | None = None
+    ) -> list[Result]:
+        """Answer many inputs with one model call per tier; failures are per item.
+
+        ``request_id``: item ``i`` is remembered for feedback as ``<request_id>/<i>``.
+        """
         self._not_draining()
         start, deadline = self.deadline(deadline_ms)
         clean = self.guard.batch(texts)
@@ -229,6 +249,9 @@ class Service:
         results = [with_latency(r, elapsed) for r in results]
         for r in results:
             self._account(r)
+        if self.monitor is not None and request_id is not None:
+            for i, (text, r) in enumerate(zip(clean, results, strict=True)):
+                self.monitor.record(f"{request_id}/{i}", text, r)
         return results
 
     def _breaker_changed(self, tier: str, state: str) -> None:
@@ -294,6 +317,8 @@ class Service:
         for t in self.tiers:
             self.metrics.breaker_state.labels(t.name).set(STATE_VALUE[t.breaker.state])
         self.metrics.inflight.set(self.admission.inflight)
+        if self.monitor is not None:
+            self.monitor.refresh_metrics()
         return self.metrics.render()
 
     def _account(self, result: Result) -> None:
@@ -316,6 +341,67 @@ class Service:
             path=list(result.path),
         )
 
+    async def feedback(self, request_id: Any, label: Any) -> dict[str, Any]:
+        """A true label for a recent answer (``POST /v1/feedback``)."""
+        if self.monitor is None:
+            raise InputError("feedback is off: `monitor.enabled` is false in the config")
+        return await self.monitor.label(request_id, label)
+
+    def set_threshold(self, tier: str, threshold: float, reason: str) -> None:
+        """Move a tier's threshold now (drift tightening, an operator); recorded."""
+        t = next((t for t in self.tiers[:-1] if t.name == tier), None)
+        if t is None:
+            raise InputError(f"{tier!r} is not a tier with a threshold")
+        old, t.threshold = t.threshold, threshold
+        self.metrics.threshold_by(tier).set(threshold)
+        self.caches.rebind(self.cascade.calibration_version, self._thresholds())
+        if self.monitor is not None:
+            self.monitor.record_change(tier, old, threshold, reason)
+
+    def _thresholds(self) -> dict[str, float | None]:
+        return {t.name: t.threshold for t in self.tiers}
+
+    def reload(self) -> dict[str, Any]:
+        """Load the configured calibration file again and switch to it at once.
+
+        Checked first (format, model versions): on any problem the running calibration
+        stays and a :class:`ConfigError` says why. The switch itself has no ``await``:
+        a request sees the old calibration or the new one, never a mix. Caches move to
+        the new version's namespace; the monitor starts over.
+        """
+        path = self.config.calibration
+        if path is None:
+            raise ConfigError("this service has no `calibration:` file to reload")
+        art = read_artifact(path)
+        for t in self.tiers:
+            _check_calibration(art, t.name, t.version, str(path))
+        old_version = self.cascade.calibration_version
+        old = self._thresholds()
+        configured = {tc.name: tc.threshold for tc in self.config.tiers}
+        for t in self.tiers:
+            t.temperature = art.temperatures.get(t.name, 1.0)
+            if t.threshold is not None and configured.get(t.name) is None:
+                t.threshold = art.thresholds.get(t.name, t.threshold)
+                self.metrics.threshold_by(t.name).set(t.threshold)
+        self.calibration = art
+        self.cascade.calibration_version = art.version
+        self.caches.rebind(art.version, self._thresholds())
+        for t in self.tiers:
+            with contextlib.suppress(KeyError):
+                self.metrics.info.remove(
+                    self.config.service, t.name, t.version, old_version or "none"
+                )
+            self.metrics.info.labels(self.config.service, t.name, t.version, art.version).set(1)
+        new = self._thresholds()
+        if self.monitor is not None:
+            self.monitor.reset(art, _target(art, self.config))
+            for name, thr in new.items():
+                if thr != old[name]:
+                    self.monitor.record_change(name, old[name], thr, "reload")
+        log.warning("calibration reloaded: %s -> %s", old_version, art.version)
+        return {"calibration_version": art.version, "previous_version": old_version,
+                "thresholds": new, "previous_thresholds": old}  # fmt: skip
+
     def describe(self) -> dict[str, Any]:
         """What /readyz reports: tiers, versions, thresholds, costs."""
         return {
@@ -323,6 +409,7 @@ class Service:
             "calibration_version": self.cascade.calibration_version,
             "cpu_count": os.cpu_count(),
             **self.tenancy.describe(),
+            "monitor": self.monitor.describe() if self.monitor else {"enabled": False},
             "tiers": [
                 {
                     **t.describe(),
@@ -344,12 +431,36 @@ class Service:
         """Close caches (background audits, Redis connections) and tiers."""
         await self.caches.aclose()
         await self.tenancy.aclose()
+        if self.monitor is not None:
+            await self.monitor.aclose()
         for t in self.tiers:
             await t.aclose()
 
     def close(self) -> None:
         for t in self.tiers:
             t.close()
+
+
+def _target(art: CalibrationArtifact | None, config: ServiceConfig) -> float | None:
+    if art is not None and art.target_accuracy is not None:
+        return art.target_accuracy
+    return config.slo.accuracy
+
+
+def _monitor(service: Service, base: Path | None) -> Monitor:
+    mc = service.config.monitor
+    shared = None
+    if mc.feedback.store == "redis":
+        from tiergate.cache import RedisStore
+
+        prefix = f"tiergate:feedback:{service.config.service}:".encode()
+        shared = RedisStore(mc.feedback.redis_url, key_prefix=prefix,
+                            default_ttl_s=mc.feedback.ttl_s, name="feedback")  # fmt: skip
+    return Monitor(
+        mc, service.tiers, service.calibration, service.metrics,
+        target_accuracy=_target(service.calibration, service.config),
+        set_threshold=service.set_threshold, shared=shared, log_path=mc.resolved_log(base),
+    )  # fmt: skip
 
 
 def _check_calibration(art: CalibrationArtifact, tier: str, version: str, path: str) -> None:

@@ -9,7 +9,8 @@ and kept-alive connections pile onto whichever worker accepted first). A worker 
 only once its models are loaded, so no connection waits on a process not yet able to
 answer, and a dead worker's listener closes with it.
 
-The :class:`Supervisor` starts the workers, forwards SIGINT/SIGTERM for a graceful
+The :class:`Supervisor` starts the workers, forwards SIGHUP (reload the calibration)
+and SIGINT/SIGTERM for a graceful
 stop, restarts a worker that dies (bounded backoff, :class:`RestartPolicy`) and fails
 fast when a worker dies while starting.
 
@@ -273,6 +274,7 @@ class Supervisor:
         check_port_free(self.host, self.port)
         self.log(f"loading {cfg.service} from {self.config_path} in {self.workers} workers …")
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._forward_hup)
         try:
             self._dir = Path(tempfile.mkdtemp(prefix="tiergate-metrics-"))
             for slot in self._slots:
@@ -291,6 +293,12 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
+
+    def _forward_hup(self, signum: int, frame: FrameType | None) -> None:
+        # SIGHUP: every worker reloads its calibration (see tiergate.api.app).
+        for slot in self._slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(signal.SIGHUP)
 
     def _start(self, slot: _Slot) -> None:
         assert self._dir is not None

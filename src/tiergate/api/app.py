@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -19,6 +20,8 @@ from tiergate.api.schemas import (
     BatchRequest,
     BatchResponse,
     ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     PredictRequest,
     PredictResponse,
 )
@@ -31,6 +34,7 @@ from tiergate.errors import (
     InputError,
     InputTooLargeError,
     ModelError,
+    NotFoundError,
     NotReadyError,
     OverloadError,
     TiergateError,
@@ -48,6 +52,7 @@ log = logging.getLogger("tiergate")
 _STATUS: dict[type[TiergateError], int] = {
     UnauthorizedError: 401,
     ForbiddenError: 403,
+    NotFoundError: 404,
     InputTooLargeError: 413,
     InputError: 422,
     NotReadyError: 503,
@@ -65,6 +70,22 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+def _reload_on_hup(service: Service) -> None:
+    """SIGHUP reloads the calibration (the supervisor of ``--workers`` forwards it)."""
+
+    def reload() -> None:
+        try:
+            service.reload()
+        except TiergateError as exc:
+            log.error("reload on SIGHUP failed; keeping calibration %s: %s",
+                      service.cascade.calibration_version, exc.message)  # fmt: skip
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests)
+        log.debug("SIGHUP reload not installed: not in the main thread")
 
 
 def _error(exc: TiergateError) -> JSONResponse:
@@ -120,6 +141,7 @@ def create_app(
     watches: list[GcWatch] = []
 
     def loaded(s: Service) -> None:
+        _reload_on_hup(s)
         if gc_policy is not None:
             frozen = prepare_for_serving(gc_policy)
             log.info("heap frozen after loading (%d objects); %r", frozen, gc_policy)
@@ -182,12 +204,14 @@ def create_app(
         # Reached only when the fast dispatch did not take the request (e.g. the app
         # is mounted under a prefix): same handler, same answers.
         deadline = request.headers.get("x-request-deadline-ms")
+        rid = request_id(request.headers.get("x-request-id", "").encode("latin-1") or None)
         status, payload, headers = await handlers.run(
             handle,
             await request.body(),
             request.headers.get("content-length"),
             deadline,
             request.headers.get("authorization"),
+            rid=rid.decode("latin-1"),
         )
         return _framework_response(status, payload, headers)
 
@@ -216,6 +240,38 @@ def create_app(
         "/v1/predict": handlers.asgi(handlers.predict),
         "/v1/predict/batch": handlers.asgi(handlers.predict_batch),
     }
+
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        responses=_errors_doc(401, 403, 404, 422, 503),
+        openapi_extra=_schema_body(FeedbackRequest, limits),
+        summary="Attach a true label to a recent answer (by its X-Request-Id)",
+    )
+    async def feedback(request: Request) -> Response:
+        s = handlers.service()
+        if s.tenancy.enabled:
+            await s.tenancy.admit(request.headers.get("authorization"), "predict")
+        data = _parse(await request.body(), s.config.limits.max_body_bytes)
+        _unknown_keys(data, ("request_id", "label"))
+        for name in ("request_id", "label"):
+            if name not in data:
+                raise InputError(f"missing field: {name}", field=name)
+        return JSONResponse(await s.feedback(data["request_id"], data["label"]))
+
+    @app.post(
+        "/admin/reload",
+        responses=_errors_doc(401, 403, 409, 503),
+        summary="Load the calibration file again, without a restart (also: SIGHUP)",
+    )
+    async def reload(request: Request) -> Response:
+        s = handlers.service()
+        if s.tenancy.enabled:
+            s.tenancy.check(request.headers.get("authorization"), "admin")
+        try:
+            return JSONResponse(s.reload())
+        except ConfigError as exc:  # the running calibration stays
+            return JSONResponse({"error": exc.to_dict()}, status_code=409)
 
     @app.get("/healthz", summary="Process is up")
     async def healthz() -> Response:
@@ -247,11 +303,14 @@ _Send = Callable[[dict[str, Any]], Awaitable[None]]
 _Receive = Callable[[], Awaitable[dict[str, Any]]]
 _ASGI = Callable[[dict[str, Any], _Receive, _Send], Awaitable[None]]
 _Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
-_Handle = Callable[[Service, dict[str, Any], float | None, dict[str, Any] | None], Awaitable[bytes]]
+_Handle = Callable[
+    [Service, dict[str, Any], float | None, dict[str, Any] | None, str | None], Awaitable[bytes]
+]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 # Routes besides predict that a key needs a right for, when `auth.protect` names it.
-_PROTECTED = {"/metrics": "metrics", "/docs": "docs", "/redoc": "docs",
-              "/openapi.json": "docs", "/docs/oauth2-redirect": "docs"}  # fmt: skip
+_PROTECTED = {"/metrics": "metrics", "/dashboard": "metrics", "/dashboard/data": "metrics",
+              "/docs": "docs", "/redoc": "docs", "/openapi.json": "docs",
+              "/docs/oauth2-redirect": "docs"}  # fmt: skip
 
 
 class _App(FastAPI):
@@ -336,6 +395,7 @@ class _Handlers:
     async def run(
         self, handle: _Handle, raw: bytes, declared: str | None, deadline: str | None,
         authorization: str | None = None, ctx: dict[str, Any] | None = None,
+        rid: str | None = None,
     ) -> _Answer:  # fmt: skip
         try:
             s = self.service()
@@ -346,19 +406,20 @@ class _Handlers:
             limit = s.config.limits.max_body_bytes
             if declared and declared.isdigit() and int(declared) > limit:
                 raise InputTooLargeError(f"request body is {declared} bytes; the limit is {limit}")
-            payload = await handle(s, _parse(raw, limit), _deadline(deadline), ctx)
+            payload = await handle(s, _parse(raw, limit), _deadline(deadline), ctx, rid)
         except TiergateError as exc:
             return self.error(exc)
         return 200, payload, _JSON_HEADERS
 
     @staticmethod
     async def predict(
-        s: Service, data: dict[str, Any], header: float | None, ctx: dict[str, Any] | None
-    ) -> bytes:
+        s: Service, data: dict[str, Any], header: float | None, ctx: dict[str, Any] | None,
+        rid: str | None,
+    ) -> bytes:  # fmt: skip
         _unknown_keys(data, ("input", "deadline_ms"))
         if "input" not in data:
             raise InputError("missing field: input", field="input")
-        result = await s.predict(data["input"], _body_deadline(data, header))
+        result = await s.predict(data["input"], _body_deadline(data, header), request_id=rid)
         if ctx is not None:
             ctx.update(tier=result.tier, cache=result.cache, degraded=result.degraded,
                        cost=result.cost)  # fmt: skip
@@ -366,12 +427,15 @@ class _Handlers:
 
     @staticmethod
     async def predict_batch(
-        s: Service, data: dict[str, Any], header: float | None, ctx: dict[str, Any] | None
-    ) -> bytes:
+        s: Service, data: dict[str, Any], header: float | None, ctx: dict[str, Any] | None,
+        rid: str | None,
+    ) -> bytes:  # fmt: skip
         _unknown_keys(data, ("inputs", "deadline_ms"))
         if "inputs" not in data:
             raise InputError("missing field: inputs", field="inputs")
-        results = await s.predict_batch(data["inputs"], _body_deadline(data, header))
+        results = await s.predict_batch(
+            data["inputs"], _body_deadline(data, header), request_id=rid
+        )
         if ctx is not None:
             ctx.update(n=len(results), cost=sum(r.cost for r in results),
                        degraded=sum(r.degraded is not None for r in results))  # fmt: skip
@@ -400,7 +464,7 @@ class _Handlers:
             try:
                 raw = await _read_body(receive, self._body_limit())
                 status, payload, headers = await self.run(
-                    handle, raw, declared, deadline, authorization, ctx
+                    handle, raw, declared, deadline, authorization, ctx, rid.decode("latin-1")
                 )
             except _ClientGone:
                 return

@@ -11,6 +11,8 @@ __all__ = [
     "BatchResponse",
     "ErrorBody",
     "ErrorResponse",
+    "FeedbackRequest",
+    "FeedbackResponse",
     "PredictRequest",
     "PredictResponse",
 ]
@@ -53,6 +55,27 @@ class BatchResponse(BaseModel):
     """Answers in input order."""
 
     results: list[PredictResponse]
+
+
+class FeedbackRequest(BaseModel):
+    """The true label of an answer given recently, by its request id."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(
+        description="The answer's X-Request-Id (batch item i: `<id>/<i>`).", min_length=1
+    )
+    label: str = Field(description="The true label (one of the service's labels).")
+
+
+class FeedbackResponse(BaseModel):
+    """What the label said about the answer."""
+
+    request_id: str
+    correct: bool = Field(description="The served answer equals the label.")
+    output: str = Field(description="The answer that was served.")
+    tier: str | None = Field(description="Tier that answered (null for a cached answer).")
+    cache: Literal["exact", "semantic"] | None = Field(description="Cache that answered.")
+    calibration_version: str | None
 
 
 class ErrorBody(BaseModel):

@@ -99,6 +99,11 @@ class ExactCache:
     def __repr__(self) -> str:
         return f"ExactCache({self.store!r}, namespace={self.namespace!r})"
 
+    def rebind(self, namespace: str) -> None:
+        """Look up and store under ``namespace`` from now on (old entries age out)."""
+        self.namespace = namespace
+        self._ns = hashlib.blake2b(namespace.encode(), digest_size=16).digest()
+
     def key(self, text: str) -> bytes:
         """``b"x:" + 32 hex digits`` of BLAKE2b(namespace digest, normalised text)."""
         h = hashlib.blake2b(self._ns, digest_size=16)

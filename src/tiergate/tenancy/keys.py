@@ -14,7 +14,7 @@ its hash), is written atomically with mode 0600, and names each key's rights::
         id: 3f9a1c0e5b2d
         salt: 9c1e...            # 16 random bytes, hex
         sha256: 5b2d...          # of salt || secret, hex
-        rights: [predict, usage] # predict, usage, metrics, docs
+        rights: [predict, usage] # predict, usage, metrics, docs, admin
         rate_limit: {per_second: 50, per_minute: 2000, burst: 100}
 """
 
@@ -37,7 +37,7 @@ from tiergate.errors import ConfigError, ForbiddenError, UnauthorizedError
 
 __all__ = ["KeyEntry", "KeyRing", "RateLimit", "Right", "Tenant", "add_key"]
 
-Right = Literal["predict", "usage", "metrics", "docs"]
+Right = Literal["predict", "usage", "metrics", "docs", "admin"]
 DEFAULT_RIGHTS: tuple[Right, ...] = ("predict", "usage")
 _KEY_RE = re.compile(r"tg_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
