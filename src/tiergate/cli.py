@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from tiergate.config import load_config, tiergate_home
 from tiergate.errors import CalibrationError, TiergateError
@@ -307,6 +308,88 @@ def calibrate(
         f"escalation rate {a['escalation_rate']:.3f}; expected cost {a['expected_cost']:.3g}",
         highlight=False,
     )
+    _warn(body.get("warnings", []))
+
+
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        err.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+
+
+@app.command()
+def recalibrate(
+    config: Annotated[Path, typer.Argument(help="Service config (its calibration is replaced).")],
+    feedback: Annotated[
+        Path, typer.Option(help="Feedback log (`monitor.feedback.log`): labelled answers.")
+    ],
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="Which labels: feedback (true labels), shadow (the last tier's), or both."
+        ),
+    ] = "feedback",
+    target_accuracy: Annotated[
+        float | None, typer.Option(help="Accuracy target (default: the running artifact's).")
+    ] = None,
+    confidence: Annotated[float | None, typer.Option(help="Default: the artifact's.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Artifact path (default: the config's calibration file).")
+    ] = None,
+) -> None:
+    """A new calibration from labelled feedback, side by side with the running one."""
+    from tiergate.offline import recalibrate_config
+
+    sources = {"feedback": ("feedback",), "shadow": ("shadow",),
+               "both": ("feedback", "shadow")}.get(labels)  # fmt: skip
+    if sources is None:
+        err.print("[bold red]error:[/] --labels must be feedback, shadow or both")
+        raise typer.Exit(2)
+    try:
+        cfg = load_config(config, calibrating=True)
+        target = out or cfg.calibration or config.parent / "calibration.json"
+        with _progress() as bar:
+            body, before = recalibrate_config(
+                config, feedback, sources=sources, target_accuracy=target_accuracy,
+                confidence=confidence, out=target, progress=_ticker(bar),
+            )  # fmt: skip
+    except CalibrationError as exc:
+        raise _fail(exc, 1) from None
+    except TiergateError as exc:
+        raise _fail(exc) from None
+    a = body["achieved"]
+    rows = [
+        ("version", (before or {}).get("version"), body["version"]),
+        ("thresholds", (before or {}).get("thresholds"), body["thresholds"]),
+        ("accuracy on the feedback", (before or {}).get("accuracy"), a["accuracy"]),
+        ("certified lower bound", (before or {}).get("accuracy_lower_bound"),
+         a["accuracy_lower_bound"]),
+        ("escalation rate", (before or {}).get("escalation_rate"), a["escalation_rate"]),
+        ("expected cost", (before or {}).get("expected_cost"), a["expected_cost"]),
+    ]  # fmt: skip
+    table = Table(title=f"recalibrated on {body['data']['n']} labelled inputs "
+                        f"({labels}); target {body['target_accuracy']:.4f}")  # fmt: skip
+    for col in ("", "running", "new"):
+        table.add_column(col)
+    for name, old, new in rows:
+        table.add_row(name, _cell(old), _cell(new))
+    stdout.print(table)
+    stdout.print(
+        f"wrote {target}; a running service picks it up with `POST /admin/reload` or SIGHUP",
+        highlight=False,
+    )
+    if "shadow" in sources:
+        err.print("[yellow]note:[/] shadow labels are the last tier's answers, not true labels")
+    _warn(body.get("warnings", []))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v:.4f}" for k, v in value.items())
+    return str(value)
 
 
 @app.command()
@@ -332,6 +415,7 @@ def evaluate(
     except TiergateError as exc:
         raise _fail(exc) from None
     op = rep["operating_point"]
+    _warn(rep.get("warnings", []))
     stdout.print(
         f"accuracy {op['accuracy']:.4f}, escalated {op['escalation_rate']:.3f}, "
         f"cost/request {op['mean_cost']:.3g}\nwrote {report / 'report.html'}",

@@ -41,8 +41,10 @@ __all__ = [
     "DatasetScores",
     "calibrate_config",
     "calibrate_service",
+    "cost_order_warnings",
     "default_target",
     "read_labelled",
+    "recalibrate_config",
     "score_dataset",
 ]
 
@@ -79,6 +81,25 @@ def read_labelled(path: Path) -> tuple[list[str], list[str]]:
     if not texts:
         raise ConfigError(f"{path}: no examples")
     return texts, labels
+
+
+def cost_order_warnings(names: Sequence[str], costs: Sequence[float]) -> list[str]:
+    """Plain words for every tier that costs more per call than a later tier.
+
+    An escalated request pays for every tier it tries, so a cheap-looking first tier
+    that in fact costs more than the next one makes the cascade lose money on every
+    request it answers, and more on every one it escalates.
+    """
+    out = []
+    for i, (a, ca) in enumerate(zip(names, costs, strict=True)):
+        for b, cb in zip(names[i + 1 :], costs[i + 1 :], strict=True):
+            if ca > cb:
+                out.append(
+                    f"tier {a!r} costs more per call ({ca:.3g}) than the later tier {b!r} "
+                    f"({cb:.3g}): every request pays for {a!r} first, so this cascade costs "
+                    f"more than calling {b!r} alone; reorder the tiers or check their costs"
+                )
+    return out
 
 
 def file_sha256(path: Path) -> str:
@@ -225,6 +246,7 @@ def calibrate_service(
         "costs": dict(zip(scores.tier_names, costs, strict=True)),
         "ece": ece,
         "achieved": ltt.to_dict(),
+        "warnings": cost_order_warnings(scores.tier_names, costs),
         "data": data_info,
         # What the monitor should see on traffic like this data (tiergate.monitor).
         "monitor": reference_stats(
@@ -271,3 +293,96 @@ def calibrate_config(
     )  # fmt: skip
     write_json_atomic(out, body)
     return body
+
+
+def read_feedback(
+    path: Path, sources: Sequence[str]
+) -> tuple[list[str], list[str], dict[str, int]]:
+    """Labelled rows of a feedback log (``monitor.feedback.log``) from ``sources``.
+
+    One example per input: a text labelled twice keeps its latest label (labels are
+    corrections as often as repeats). Returns texts, labels and rows used per source.
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"feedback file not found: {path}")
+    latest: dict[str, tuple[str, str]] = {}
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                text, label = str(row["input"]), str(row["label"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"{path}:{lineno}: expected 'input' and 'label'") from exc
+            source = str(row.get("source", "feedback"))
+            if source in sources:
+                latest.pop(text, None)  # keep insertion order = order of the latest label
+                latest[text] = (label, source)
+    used: dict[str, int] = {s: 0 for s in sources}
+    for _, source in latest.values():
+        used[source] += 1
+    if not latest:
+        raise ConfigError(f"{path}: no labelled rows from {', '.join(sources)}")
+    return list(latest), [lab for lab, _ in latest.values()], used
+
+
+def recalibrate_config(
+    config_path: Path,
+    feedback_path: Path,
+    *,
+    sources: Sequence[str] = ("feedback",),
+    target_accuracy: float | None = None,
+    confidence: float | None = None,
+    out: Path,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`tiergate recalibrate`: a new artifact from labelled feedback, and the old one's
+    numbers on the same data (``None`` if the config had no calibration).
+
+    Target and confidence default to the running artifact's. Writes ``out`` only if
+    the target is feasible on the feedback (else :class:`CalibrationError`).
+    """
+    from tiergate.artifact import read_artifact
+    from tiergate.calibration import accuracy_lower_bound, cascade_outcome
+    from tiergate.config import load_config
+    from tiergate.service import Service
+
+    config = load_config(config_path, calibrating=True)
+    old = None
+    if config.calibration is not None and Path(config.calibration).is_file():
+        old = read_artifact(config.calibration)
+    target = target_accuracy if target_accuracy is not None else (old and old.target_accuracy)
+    conf = confidence if confidence is not None else ((old and old.confidence) or 0.95)
+    texts, labels = read_feedback(feedback_path, sources)[:2]
+    service = Service.from_config(
+        config.model_copy(update={"calibration": None}), require_calibration=False
+    )
+    try:
+        scores = score_dataset(service.tiers, texts, labels, progress=progress)
+    finally:
+        service.close()
+    info = {"path": str(feedback_path), "sha256": file_sha256(feedback_path), "n": len(texts),
+            "sources": list(sources)}  # fmt: skip
+    body = calibrate_service(
+        config, service.tiers, scores, target_accuracy=target or None, confidence=conf,
+        data_info=info,
+    )  # fmt: skip
+    before = None
+    if old is not None:
+        temps = [old.temperatures.get(n, 1.0) for n in scores.tier_names]
+        thresholds = [old.thresholds.get(n, 1.0) for n in scores.tier_names[:-1]]
+        costs = [t.cost_per_call for t in service.tiers]
+        outcome = cascade_outcome(scores.confidences(temps), scores.correct(), costs, thresholds)
+        k = int(outcome.correct.sum())
+        before = {
+            "version": old.version,
+            "thresholds": dict(old.thresholds),
+            "target_accuracy": old.target_accuracy,
+            "accuracy": outcome.accuracy,
+            "accuracy_lower_bound": accuracy_lower_bound(k, len(texts), 1.0 - conf),
+            "escalation_rate": outcome.escalation_rate,
+            "expected_cost": float(outcome.cost.mean()),
+        }
+    write_json_atomic(out, body)
+    return body, before

@@ -47,7 +47,13 @@ from tiergate.calibration import (
 )
 from tiergate.errors import ConfigError
 from tiergate.evaluation.cache_replay import replay_service, semantic_replay_config
-from tiergate.offline import DatasetScores, file_sha256, read_labelled, score_dataset
+from tiergate.offline import (
+    DatasetScores,
+    cost_order_warnings,
+    file_sha256,
+    read_labelled,
+    score_dataset,
+)
 from tiergate.tier import Tier
 
 __all__ = ["FORMAT", "evaluate_config", "routing_curves"]
@@ -238,6 +244,7 @@ def _analyse(
         ],
     }
     return {
+        "warnings": cost_order_warnings(scores.tier_names, costs),
         "tiers": tier_rows,
         "operating_point": operating,
         "baselines": baselines,
