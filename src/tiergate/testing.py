@@ -30,6 +30,7 @@ __all__ = [
     "PeerProcess",
     "RedisServer",
     "ScriptedModel",
+    "contrary_keyword_sentiment",
     "free_port",
     "keyword_sentiment",
     "metric_total",
@@ -112,6 +113,12 @@ def keyword_sentiment(texts: Sequence[str]) -> Probabilities:
         p = 1.0 / (1.0 + np.exp(-1.5 * margin))
         rows.append((1.0 - p, p))
     return np.array(rows, dtype=np.float64).reshape(len(texts), 2)
+
+
+def contrary_keyword_sentiment(texts: Sequence[str]) -> Probabilities:
+    """:func:`keyword_sentiment` with the classes swapped: a last tier that disagrees with
+    every answer, so shadow evaluation raises a drift alarm (dashboard and alarm tests)."""
+    return keyword_sentiment(texts)[:, ::-1].copy()
 
 
 def slow_keyword_sentiment(texts: Sequence[str]) -> Probabilities:
