@@ -119,6 +119,16 @@ def _schema_body(model: type[Any], limits: LimitsConfig) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+def _feedback_body(labels: tuple[str, ...] | None) -> dict[str, Any]:
+    # The label set is the service's: documented as an enum when it is known up front.
+    schema = FeedbackRequest.model_json_schema()
+    props = schema["properties"]
+    props["request_id"] = {**props["request_id"], "maxLength": 200}
+    if labels is not None:
+        props["label"] = {**props["label"], "enum": list(labels)}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def create_app(
     service: Service | None = None,
     *,
@@ -245,7 +255,7 @@ def create_app(
         "/v1/feedback",
         response_model=FeedbackResponse,
         responses=_errors_doc(401, 403, 404, 422, 503),
-        openapi_extra=_schema_body(FeedbackRequest, limits),
+        openapi_extra=_feedback_body(service.labels if service is not None else None),
         summary="Attach a true label to a recent answer (by its X-Request-Id)",
     )
     async def feedback(request: Request) -> Response:
