@@ -585,7 +585,9 @@ class MonitorConfig(_Frozen):
     """Watching production: shadow evaluation, label feedback, drift alarms."""
 
     enabled: bool = Field(True, description="Record answers for feedback and watch drift.")
-    window_s: float = Field(600.0, gt=0, description="Sliding window of the estimates, seconds.")
+    window: int = Field(
+        300, ge=10, description="Sliding window of the estimates: the last N verdicts or labels."
+    )
     shadow: ShadowConfig = Field(ShadowConfig(), description="Shadow evaluation.")
     feedback: FeedbackConfig = Field(FeedbackConfig(), description="Label feedback.")
     drift: DriftConfig = Field(DriftConfig(), description="Drift alarms.")

@@ -188,6 +188,17 @@ class Metrics:
             "Lower end of the shadow accuracy estimate's interval.",
             ["tier", "window"], **per_worker,  # type: ignore[arg-type]
         )  # fmt: skip
+        self.shadow_agreement = Gauge(
+            "tiergate_shadow_agreement",
+            "Share of a tier's shadowed accepted answers the last tier agrees with (what the "
+            "accuracy alarm judges on shadow evidence).",
+            ["tier", "window"], **per_worker,  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.shadow_agreement_lower = Gauge(
+            "tiergate_shadow_agreement_lower",
+            "Lower end of the shadow agreement's interval.",
+            ["tier", "window"], **per_worker,  # type: ignore[arg-type]
+        )  # fmt: skip
         self.shadow_samples = Counter(
             "tiergate_shadow_samples", "Accepted answers re-answered by the last tier.",
             ["tier"], registry=r,
@@ -232,6 +243,8 @@ class Metrics:
         )  # fmt: skip
         self.shadow_samples_by = BoundLabels(self.shadow_samples)
         self.shadow_accuracy_by = BoundLabels(self.shadow_accuracy)
+        self.shadow_agreement_by = BoundLabels(self.shadow_agreement)
+        self.shadow_agreement_lower_by = BoundLabels(self.shadow_agreement_lower)
         self.shadow_accuracy_lower_by = BoundLabels(self.shadow_accuracy_lower)
         self.labelled_accuracy_by = BoundLabels(self.labelled_accuracy)
         self.labelled_accuracy_lower_by = BoundLabels(self.labelled_accuracy_lower)

@@ -21,19 +21,16 @@ from tiergate.service import Service
 from tiergate.testing import ManualClock, ScriptedModel, metric_total
 
 
-def test_window_forgets_old_buckets_but_not_the_totals() -> None:
-    clock = ManualClock(1000.0)
-    w = SuccessWindow(60.0, buckets=6, clock=clock)
-    for ok in (True, True, False):
+def test_window_keeps_the_last_n_but_counts_all_since_start() -> None:
+    w = SuccessWindow(3)
+    for ok in (True, True, False, True):
         w.add(ok)
-    clock.advance(30)
-    w.add(True)
-    assert (w.k, w.n) == (3, 4)
-    clock.advance(35)  # the first three are now older than 60 s
-    assert w.window(0.95).n == 1
-    assert (w.total_k, w.total_n) == (3, 4)
-    clock.advance(10_000)  # a long quiet spell empties the window in one pass
-    assert w.window(0.95).n == 0 and w.since_start(0.95).n == 4
+    assert (w.k, w.n) == (2, 3)  # the first True fell out
+    w.add(False)
+    assert (w.k, w.n) == (1, 3)
+    assert (w.total_k, w.total_n) == (3, 5)
+    w.reset_window()
+    assert w.window(0.95).n == 0 and w.since_start(0.95).n == 5
 
 
 def test_binomial_interval_is_clopper_pearson() -> None:
@@ -234,8 +231,6 @@ def test_accuracy_alarm_and_auto_tightening(tmp_path: Path) -> None:
     clock = ManualClock(1e6)
     monitor._clock = clock  # judge every verdict, not every 0.2 s
     monitor.shadow._clock = clock
-    for w in monitor.agreement.values():
-        w._clock = clock
     ns_before = service.caches.exact.namespace if service.caches.exact else None
 
     async def run() -> None:

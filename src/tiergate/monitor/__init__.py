@@ -35,7 +35,7 @@ from tiergate.monitor.drift import AccuracyJudge, InputDrift, ThresholdChange, _
 from tiergate.monitor.feedback import Answer, FeedbackStore
 from tiergate.monitor.reference import AgreementModel, reference_stats
 from tiergate.monitor.shadow import Shadow
-from tiergate.monitor.window import SuccessWindow
+from tiergate.monitor.window import SuccessWindow, binomial_interval
 from tiergate.tier import Tier
 from tiergate.types import Result
 
@@ -130,7 +130,7 @@ class Monitor:
         m.drift_alarm_by(first, "input").set(0)
 
     def _new_window(self) -> SuccessWindow:
-        return SuccessWindow(self.config.window_s, clock=self._clock)
+        return SuccessWindow(self.config.window)
 
     # -- request path: O(1) ------------------------------------------------------------
 
@@ -214,9 +214,11 @@ class Monitor:
             return {"n": iv.n, "estimate": iv.rate, "lower": iv.lower, "upper": iv.upper}, (
                 "labelled"
             )
-        w = self.agreement[tier]
-        w.window(self.confidence)  # advance the ring
-        return self.models[tier].estimate(w.k, w.n, self.confidence), "shadow"
+        # On shadow evidence the last tier is the reference: an accepted answer it
+        # disagrees with counts as wrong. (The calibration-corrected estimate is shown
+        # beside it, but its conditional rates are what drift breaks.)
+        iv = self.agreement[tier].window(self.confidence)
+        return {"n": iv.n, "estimate": iv.rate, "lower": iv.lower, "upper": iv.upper}, "shadow"
 
     def _maybe_judge(self, tier: str, *, force: bool = False) -> None:
         now = self._clock()
@@ -273,7 +275,6 @@ class Monitor:
             self._maybe_judge(t, force=True)
         shadow_tiers = {}
         for t, w in self.agreement.items():
-            w.window(conf)
             model = self.models[t]
             shadow_tiers[t] = {
                 "window": model.estimate(w.k, w.n, conf),
@@ -288,7 +289,7 @@ class Monitor:
             "enabled": True,
             "target_accuracy": self.target,
             "confidence": conf,
-            "window_s": self.config.window_s,
+            "window": self.config.window,
             "shadow": {**self.shadow.describe(), "tiers": shadow_tiers},
             "labelled": {
                 "received": self.received,
@@ -316,6 +317,9 @@ class Monitor:
                 m.shadow_accuracy_by(t, name).set(e["estimate"] if e["estimate"] is not None
                                                   else float("nan"))  # fmt: skip
                 m.shadow_accuracy_lower_by(t, name).set(e["lower"])
+                a = binomial_interval(k, n, conf)
+                m.shadow_agreement_by(t, name).set(a.rate if a.rate is not None else float("nan"))
+                m.shadow_agreement_lower_by(t, name).set(a.lower)
         for t, w in self.labelled.items():
             for name, iv in (("window", w.window(conf)), ("start", w.since_start(conf))):
                 m.labelled_accuracy_by(t, name).set(iv.rate if iv.rate is not None

@@ -1,8 +1,8 @@
 """Drift alarms: accepted-answer accuracy below target, and inputs unlike calibration.
 
 **Accuracy.** For each non-final tier, the accuracy of its accepted answers over the
-window (labelled feedback when there is enough of it, else the shadow estimate) is
-judged once ``min_samples`` answers are in:
+window (labelled feedback when there is enough of it, else shadow agreement: the last
+tier as the reference) is judged once ``min_samples`` answers are in:
 
 * ``alarm`` when the interval's *upper* end is below the target: the accepted answers
   are worse than the target with the stated confidence (a lower bound under the target

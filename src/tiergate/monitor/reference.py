@@ -90,7 +90,14 @@ class AgreementModel:
     def estimate(self, agree: int, n: int, confidence: float) -> dict[str, Any]:
         a = binomial_interval(agree, n, confidence)
         source = "calibration" if self.corrected else "last_tier"
-        out: dict[str, Any] = {"n": n, "agree": agree, "agreement": a.rate, "reference": source}
+        out: dict[str, Any] = {
+            "n": n,
+            "agree": agree,
+            "agreement": a.rate,
+            "reference": source,
+            "agreement_lower": a.lower,
+            "agreement_upper": a.upper,
+        }
         if not self.corrected or a.rate is None:
             out.update(estimate=a.rate, lower=a.lower, upper=a.upper)
             return out

@@ -1,16 +1,8 @@
-"""Counts over a sliding time window and since start, O(1) per observation.
-
-A window is a ring of time buckets (``window_s / buckets`` seconds each) with running
-totals: an observation adds to the current bucket and to the totals; moving to a new
-bucket subtracts the buckets that fell out. Nothing scans the window or grows with
-traffic, so the request path can observe at any rate.
-"""
+"""Success counts over a sliding window and since start, with exact intervals."""
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 
 from scipy import stats
@@ -48,22 +40,20 @@ def binomial_interval(k: int, n: int, confidence: float) -> Interval:
 
 
 class SuccessWindow:
-    """Successes and trials over the last ``window_s`` seconds and since start."""
+    """Successes among the last ``size`` trials, and since start.
 
-    __slots__ = ("_bucket_s", "_clock", "_current", "_k", "_n", "k", "n", "total_k",
-                 "total_n")  # fmt: skip
+    A count window, not a time window: an estimate over the last ``size`` shadow verdicts
+    or labels has the same statistical power at 5 requests a second or 5000, and a
+    quiet hour does not empty it. O(1) per trial (a ring of bits and running counts).
+    """
 
-    def __init__(
-        self, window_s: float, *, buckets: int = 60, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if window_s <= 0 or buckets < 1:
-            raise ValueError("window_s must be > 0 and buckets >= 1")
-        self._bucket_s = window_s / buckets
-        self._clock = clock
-        self._n = [0] * buckets
-        self._k = [0] * buckets
-        self._current = math.floor(clock() / self._bucket_s)
-        self.n = self.k = 0  # in the window
+    __slots__ = ("_ring", "k", "total_k", "total_n")
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self._ring: deque[bool] = deque(maxlen=size)
+        self.k = 0  # successes in the window
         self.total_n = self.total_k = 0  # since start
 
     def __repr__(self) -> str:
@@ -71,38 +61,26 @@ class SuccessWindow:
             f"SuccessWindow(window: {self.k}/{self.n}, since start: {self.total_k}/{self.total_n})"
         )
 
-    def _advance(self) -> int:
-        now = math.floor(self._clock() / self._bucket_s)
-        size = len(self._n)
-        if now != self._current:
-            # At most one pass over the ring, however long the gap.
-            for b in range(self._current + 1, min(now, self._current + size) + 1):
-                slot = b % size
-                self.n -= self._n[slot]
-                self.k -= self._k[slot]
-                self._n[slot] = self._k[slot] = 0
-            self._current = now
-        return now % size
+    @property
+    def n(self) -> int:
+        return len(self._ring)
 
     def add(self, success: bool) -> None:
-        slot = self._advance()
-        self._n[slot] += 1
-        self.n += 1
+        ring = self._ring
+        if len(ring) == ring.maxlen and ring[0]:
+            self.k -= 1
+        ring.append(success)
         self.total_n += 1
         if success:
-            self._k[slot] += 1
             self.k += 1
             self.total_k += 1
 
     def reset_window(self) -> None:
         """Forget the window (e.g. after a policy change); keep the since-start totals."""
-        self._advance()
-        self._n = [0] * len(self._n)
-        self._k = [0] * len(self._k)
-        self.n = self.k = 0
+        self._ring.clear()
+        self.k = 0
 
     def window(self, confidence: float) -> Interval:
-        self._advance()
         return binomial_interval(self.k, self.n, confidence)
 
     def since_start(self, confidence: float) -> Interval:
