@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, Response
 
+from tiergate.api.pages import install_pages
 from tiergate.api.schemas import (
     BatchRequest,
     BatchResponse,
@@ -190,8 +191,12 @@ def create_app(
         summary="Tiered inference gateway: fast model first, accurate model when unsure.",
         version="0.1.0",
         lifespan=lifespan,
+        # /docs and /redoc are served offline by install_pages (FastAPI's use a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     handlers = _Handlers(state)
+    install_pages(app, handlers.service)
 
     @app.exception_handler(TiergateError)
     async def _tiergate_error(_: Request, exc: TiergateError) -> Response:
@@ -318,7 +323,8 @@ _Handle = Callable[
 ]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 # Routes besides predict that a key needs a right for, when `auth.protect` names it.
-_PROTECTED = {"/metrics": "metrics", "/dashboard": "metrics", "/dashboard/data": "metrics",
+# The dashboard's page holds no data (it asks /dashboard/data, with a key when needed).
+_PROTECTED = {"/metrics": "metrics", "/dashboard/data": "metrics",
               "/docs": "docs", "/redoc": "docs", "/openapi.json": "docs",
               "/docs/oauth2-redirect": "docs"}  # fmt: skip
 
