@@ -68,9 +68,19 @@ class Cascade:
         return f"Cascade({list(self.tiers)!r}, calibration={self.calibration_version!r})"
 
     async def run(
-        self, texts: Sequence[str], deadline: float, *, start: float | None = None
+        self,
+        texts: Sequence[str],
+        deadline: float,
+        *,
+        start: float | None = None,
+        max_tiers: int | None = None,
     ) -> list[Result]:
-        """Answer ``texts``; ``deadline`` is an absolute time on ``clock``."""
+        """Answer ``texts``; ``deadline`` is an absolute time on ``clock``.
+
+        ``max_tiers``: call at most the first that many tiers (what a key's budget still
+        covers); an input none of them accepts is answered by the last one called, with
+        ``degraded: "budget"``.
+        """
         t_start = self.clock() if start is None else start
         n = len(texts)
         paths: list[list[str]] = [[] for _ in range(n)]
@@ -85,6 +95,10 @@ class Cascade:
 
         for i, tier in enumerate(self.tiers):
             if not pending:
+                break
+            if max_tiers is not None and i >= max_tiers:
+                for j in pending:
+                    reasons[j] = "budget"
                 break
             remaining = deadline - self.clock()
             if remaining <= reserve or tier.latency.expected() > remaining:

@@ -124,28 +124,43 @@ def keys_add(
     name: Annotated[str, typer.Argument(help="Key name (shown in logs, metrics, errors).")],
     keys_file: Annotated[Path, typer.Option(help="Keys file (created if absent).")],
     rights: Annotated[
-        str, typer.Option(help="Comma-separated: predict, usage, metrics, docs.")
+        str, typer.Option(help="Comma-separated: predict, usage, metrics, docs, admin.")
     ] = "predict,usage",
     per_second: Annotated[float | None, typer.Option(help="Rate limit, requests/s.")] = None,
     per_minute: Annotated[float | None, typer.Option(help="Rate limit, requests/min.")] = None,
     burst: Annotated[float | None, typer.Option(help="Per-second bucket size.")] = None,
+    budget: Annotated[
+        float | None, typer.Option(help="Cost budget per --budget-period (reserved per request).")
+    ] = None,
+    budget_period: Annotated[
+        str, typer.Option(help="hour, day, week, month (UTC) or total.")
+    ] = "day",
+    budget_mode: Annotated[
+        str, typer.Option(help="When the budget cannot cover a request: refuse (402) or degrade.")
+    ] = "refuse",
     replace: Annotated[bool, typer.Option(help="Rotate: replace an existing key.")] = False,
 ) -> None:
     """Add a key; print it once (only its salted hash is stored)."""
     from pydantic import ValidationError
 
-    from tiergate.tenancy import RateLimit, add_key
+    from tiergate.tenancy import Budget, RateLimit, add_key
 
     try:
         wanted = tuple(r.strip() for r in rights.split(",") if r.strip())
-        bad = sorted(set(wanted) - {"predict", "usage", "metrics", "docs"})
+        bad = sorted(set(wanted) - {"predict", "usage", "metrics", "docs", "admin"})
         if bad:
             err.print(f"[bold red]error:[/] unknown right(s): {', '.join(bad)}")
             raise typer.Exit(2)
         limit = None
         if per_second is not None or per_minute is not None:
             limit = RateLimit(per_second=per_second, per_minute=per_minute, burst=burst)
-        key = add_key(keys_file, name, rights=wanted, rate_limit=limit, replace=replace)  # type: ignore[arg-type]
+        spend = None
+        if budget is not None:
+            spend = Budget(amount=budget, period=budget_period, on_exhausted=budget_mode)
+        key = add_key(
+            keys_file, name, rights=wanted, rate_limit=limit, budget=spend,  # type: ignore[arg-type]
+            replace=replace,
+        )  # fmt: skip
     except ValidationError as exc:
         err.print(f"[bold red]error:[/] {exc.errors()[0]['msg']}")
         raise typer.Exit(2) from None

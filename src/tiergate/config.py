@@ -504,7 +504,15 @@ class AuthConfig(_Frozen):
         description="memory: buckets per process (N replicas give a key N times its limit); "
         "redis: shared by every replica.",
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for shared limits.")
+    budget_store: Literal["memory", "redis"] | None = Field(
+        None,
+        description="Where keys' cost budgets are accounted: memory (per process: N "
+        "replicas let a key spend N times its budget) or redis (shared, atomic "
+        "reservations). Default: the same as rate_limit_store.",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis for shared limits and budgets."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> AuthConfig:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BudgetExceededError",
     "CalibrationError",
     "ConfigError",
     "DeadlineExceededError",
@@ -106,6 +107,18 @@ class RateLimitedError(OverloadError):
     """The caller's key spent its rate limit; retry after ``retry_after_s``."""
 
     type = "rate_limited"
+
+
+class BudgetExceededError(_RetryAfter):
+    """The caller's key cannot cover this request's worst-case cost in this period.
+
+    Answered 402, not 429: a budget is spent, not a rate exceeded, and generic client
+    retry loops (which retry 429) must not spin until the period resets. The body names
+    the key, its budget and period, what is left and when it resets; ``Retry-After``
+    says when that is.
+    """
+
+    type = "budget_exceeded"
 
 
 class UnauthorizedError(TiergateError):

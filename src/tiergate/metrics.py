@@ -169,6 +169,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.key_spend = Counter(
+            "tiergate_key_spend",
+            "Cost settled against each API key's budget (by key name).",
+            ["key"],
+            registry=r,
+        )
+        self.key_budget_remaining = Gauge(
+            "tiergate_key_budget_remaining",
+            "What each key's budget has left this period, as this process last saw it.",
+            ["key"],
+            registry=r,
+        )
         self.shared_state_fallback = Counter(
             "tiergate_shared_state_fallback",
             "Decisions taken on per-process state because Redis was unreachable.",
@@ -257,6 +269,8 @@ class Metrics:
         self.key_requests_by = BoundLabels(self.key_requests)
         self.auth_rejected_by = BoundLabels(self.auth_rejected)
         self.shared_state_fallback_by = BoundLabels(self.shared_state_fallback)
+        self.key_spend_by = BoundLabels(self.key_spend)
+        self.key_budget_remaining_by = BoundLabels(self.key_budget_remaining)
         self.tokens_by = BoundLabels(self.tokens)
         # Children bound once: the request path never calls ``labels()``.
         self.requests_by = BoundLabels(self.requests)

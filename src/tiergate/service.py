@@ -7,9 +7,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tiergate.artifact import CalibrationArtifact, read_artifact
 from tiergate.cachelayer import CacheLayer, with_latency
@@ -30,12 +30,14 @@ from tiergate.monitor import Monitor
 from tiergate.resilience import Admission, Backoff, BreakerPolicy, FaultInjector, FaultSpec
 from tiergate.resilience.breaker import STATE_VALUE
 from tiergate.resilience.retry import RetryBudget
-from tiergate.tenancy import Tenancy
+from tiergate.tenancy import Reservation, Tenancy, Tenant
+from tiergate.tenancy.budget import from_units
 from tiergate.tier import Tier
 from tiergate.types import Result
 
 __all__ = ["Service"]
 
+_R = TypeVar("_R")
 log = logging.getLogger("tiergate")
 _AUDIT_DEADLINE_S = 5.0
 _GRACE_S = 0.02
@@ -98,6 +100,8 @@ class Service:
         self.draining = False  # set on SIGTERM by tiergate.drain
         base = config.path.parent if config.path else None
         self.tenancy = Tenancy.from_config(config.auth, base, self.metrics)
+        # Settlements of requests whose caller went away (kept so they are not lost).
+        self._settling: set[asyncio.Future[None]] = set()
         self.monitor = _monitor(self, base) if config.monitor.enabled else None
         if self.monitor is not None:
             self.cascade.observer = self.monitor.observe_confidence
@@ -203,18 +207,25 @@ class Service:
                                 retry_after_s=1.0)  # fmt: skip
 
     async def predict(
-        self, text: Any, deadline_ms: float | None = None, *, request_id: str | None = None
+        self,
+        text: Any,
+        deadline_ms: float | None = None,
+        *,
+        request_id: str | None = None,
+        tenant: Tenant | None = None,
     ) -> Result:
         """Answer one input (validated here); raises a typed error if nothing can answer.
 
         ``request_id``: remember the answer under it for label feedback (and shadow it).
+        ``tenant``: the caller's key; with a budget, the request's worst case is reserved
+        on it before any tier runs (402 when it cannot be covered) and settled after.
         """
         self._not_draining()
         start, deadline = self.deadline(deadline_ms)
         clean = self.guard.text(text)
         self._admit(1)
         try:
-            result = await self._answer(clean, start, deadline)
+            result = await self._answer(clean, start, deadline, tenant)
         finally:
             self.admission.release(1)
         self._account(result)
@@ -227,22 +238,37 @@ class Service:
         return result
 
     async def predict_batch(
-        self, texts: Any, deadline_ms: float | None = None, *, request_id: str | None = None
+        self,
+        texts: Any,
+        deadline_ms: float | None = None,
+        *,
+        request_id: str | None = None,
+        tenant: Tenant | None = None,
     ) -> list[Result]:
         """Answer many inputs with one model call per tier; failures are per item.
 
         ``request_id``: item ``i`` is remembered for feedback as ``<request_id>/<i>``.
+        ``tenant``: as for :meth:`predict`; the whole batch's worst case is reserved.
         """
         self._not_draining()
         start, deadline = self.deadline(deadline_ms)
         clean = self.guard.batch(texts)
         self._admit(len(clean))
         try:
+            reservation = await self.tenancy.reserve(
+                tenant, lambda: self.worst_costs(clean), len(self.tiers)
+            )
+            if reservation is None or tenant is None:
 
-            async def compute(texts: list[str]) -> list[Result]:
-                return await self.cascade.run(texts, deadline, start=start)
+                async def compute(texts: list[str]) -> list[Result]:
+                    return await self.cascade.run(texts, deadline, start=start)
 
-            results = await self.caches.run_many(clean, compute)
+                results = await self.caches.run_many(clean, compute)
+            else:
+                results = await self._on_budget(
+                    tenant, reservation, lambda: self._batch_cached(clean, start, deadline),
+                    lambda k: self.cascade.run(clean, deadline, start=start, max_tiers=k),
+                )  # fmt: skip
         finally:
             self.admission.release(len(clean))
         elapsed = (self.clock() - start) * 1000.0
@@ -261,11 +287,70 @@ class Service:
         self.metrics.breaker_state.labels(tier).set(STATE_VALUE[state])  # type: ignore[index]
         log.warning("circuit breaker of tier %r is now %s", tier, state)
 
-    async def _answer(self, text: str, start: float, deadline: float) -> Result:
+    def worst_costs(self, texts: Sequence[str]) -> list[float]:
+        """The worst-case cost of answering ``texts`` with the first 1, 2, … tiers."""
+        out, total = [], 0.0
+        for t in self.tiers:
+            total += t.worst_cost(texts)
+            out.append(total)
+        return out
+
+    async def _batch_cached(self, texts: list[str], start: float, deadline: float) -> list[Result]:
+        async def compute(todo: list[str]) -> list[Result]:
+            return await self.cascade.run(todo, deadline, start=start)
+
+        return await self.caches.run_many(texts, compute)
+
+    async def _on_budget(
+        self,
+        tenant: Tenant,
+        reservation: Reservation,
+        full: Callable[[], Awaitable[_R]],
+        limited: Callable[[int], Awaitable[_R]],
+    ) -> _R:
+        """Run ``full()`` (or ``limited(k)`` when the budget covers only the first ``k``
+        tiers: no cache, so no other request shares a budget-limited answer), then settle
+        the reservation to the actual cost. If the outcome is unknown (the caller went
+        away mid-way), the whole reservation is charged: spend is never under-counted."""
+        try:
+            if reservation.tiers >= len(self.tiers):
+                out = await full()
+            else:
+                out = await limited(reservation.tiers)
+        except BaseException:
+            task = asyncio.ensure_future(
+                self.tenancy.settle(tenant, reservation, from_units(reservation.units))
+            )
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+            raise
+        results: list[Result] = out if isinstance(out, list) else [out]  # type: ignore[list-item]
+        await self.tenancy.settle(tenant, reservation, sum(r.cost for r in results))
+        return out
+
+    async def _answer(
+        self, text: str, start: float, deadline: float, tenant: Tenant | None = None
+    ) -> Result:
         # An exact hit is answered inline: no task, no timer (the common case under load).
         key, hit = await self.caches.exact_hit(text)
         if hit is not None:
             return hit.with_latency((self.clock() - start) * 1000.0)
+        if tenant is not None and tenant.budget is not None:
+            reservation = await self.tenancy.reserve(
+                tenant, lambda: self.worst_costs([text]), len(self.tiers)
+            )
+            assert reservation is not None
+
+            async def limited(k: int) -> Result:
+                (r,) = await self.cascade.run([text], deadline, start=start, max_tiers=k)
+                return r.with_latency((self.clock() - start) * 1000.0)
+
+            return await self._on_budget(
+                tenant, reservation, lambda: self._computed(text, start, deadline, key), limited
+            )
+        return await self._computed(text, start, deadline, key)
+
+    async def _computed(self, text: str, start: float, deadline: float, key: Any) -> Result:
 
         async def compute() -> Result:
             (r,) = await self.cascade.run([text], deadline, start=start)
@@ -430,6 +515,8 @@ class Service:
     async def aclose(self) -> None:
         """Close caches (background audits, Redis connections) and tiers."""
         await self.caches.aclose()
+        if self._settling:  # budgets settled before their store closes
+            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.tenancy.aclose()
         if self.monitor is not None:
             await self.monitor.aclose()

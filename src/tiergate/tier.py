@@ -259,6 +259,13 @@ class Tier:
 
         return asyncio.run(run())
 
+    def worst_cost(self, texts: Sequence[str]) -> float:
+        """The most a call of this tier on ``texts`` can cost (budget reservations)."""
+        if not self.metered:
+            return self.cost_per_call * len(texts)
+        bound = getattr(self.adapter, "worst_cost", None)
+        return sum(bound(t) for t in texts) if bound is not None else 0.0
+
     def measure_cost(self, sample: Sequence[str], cpu_second_price: float, calls: int = 20) -> None:
         """Derive ``cost_per_call`` from process CPU time of single calls (warm)."""
         if self.remote:

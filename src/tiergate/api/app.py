@@ -25,9 +25,11 @@ from tiergate.api.schemas import (
     FeedbackResponse,
     PredictRequest,
     PredictResponse,
+    UsageResponse,
 )
 from tiergate.config import LimitsConfig
 from tiergate.errors import (
+    BudgetExceededError,
     ConfigError,
     DeadlineExceededError,
     DrainingError,
@@ -45,6 +47,7 @@ from tiergate.errors import (
 from tiergate.heap import GcPolicy, GcWatch, prepare_for_serving
 from tiergate.requestlog import access_line, request_id
 from tiergate.service import Service
+from tiergate.tenancy import Tenant
 
 __all__ = ["create_app"]
 
@@ -52,6 +55,7 @@ log = logging.getLogger("tiergate")
 
 _STATUS: dict[type[TiergateError], int] = {
     UnauthorizedError: 401,
+    BudgetExceededError: 402,
     ForbiddenError: 403,
     NotFoundError: 404,
     InputTooLargeError: 413,
@@ -92,7 +96,7 @@ def _reload_on_hup(service: Service) -> None:
 def _error(exc: TiergateError) -> JSONResponse:
     status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
     headers = {}
-    if isinstance(exc, OverloadError):
+    if isinstance(exc, OverloadError | BudgetExceededError):
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
     return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
 
@@ -288,6 +292,20 @@ def create_app(
         except ConfigError as exc:  # the running calibration stays
             return JSONResponse({"error": exc.to_dict()}, status_code=409)
 
+    @app.get(
+        "/v1/usage",
+        response_model=UsageResponse,
+        responses=_errors_doc(401, 403, 404, 503),
+        summary="The calling key's limits, budget and spend this period",
+    )
+    async def usage(request: Request) -> Response:
+        s = handlers.service()
+        if not s.tenancy.enabled:
+            raise NotFoundError("no API keys are configured, so there is no usage per key")
+        tenant = s.tenancy.check(request.headers.get("authorization"), "usage")
+        assert tenant is not None
+        return JSONResponse(await s.tenancy.usage(tenant))
+
     @app.get("/healthz", summary="Process is up")
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
@@ -319,7 +337,8 @@ _Receive = Callable[[], Awaitable[dict[str, Any]]]
 _ASGI = Callable[[dict[str, Any], _Receive, _Send], Awaitable[None]]
 _Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 _Handle = Callable[
-    [Service, dict[str, Any], float | None, dict[str, Any] | None, str | None], Awaitable[bytes]
+    [Service, dict[str, Any], float | None, dict[str, Any] | None, str | None, Tenant | None],
+    Awaitable[bytes],
 ]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 # Routes besides predict that a key needs a right for, when `auth.protect` names it.
@@ -415,6 +434,7 @@ class _Handlers:
     ) -> _Answer:  # fmt: skip
         try:
             s = self.service()
+            tenant = None
             if s.tenancy.enabled:
                 tenant = await s.tenancy.admit(authorization, "predict")
                 if ctx is not None and tenant is not None:
@@ -422,7 +442,7 @@ class _Handlers:
             limit = s.config.limits.max_body_bytes
             if declared and declared.isdigit() and int(declared) > limit:
                 raise InputTooLargeError(f"request body is {declared} bytes; the limit is {limit}")
-            payload = await handle(s, _parse(raw, limit), _deadline(deadline), ctx, rid)
+            payload = await handle(s, _parse(raw, limit), _deadline(deadline), ctx, rid, tenant)
         except TiergateError as exc:
             return self.error(exc)
         return 200, payload, _JSON_HEADERS
@@ -430,12 +450,14 @@ class _Handlers:
     @staticmethod
     async def predict(
         s: Service, data: dict[str, Any], header: float | None, ctx: dict[str, Any] | None,
-        rid: str | None,
+        rid: str | None, tenant: Tenant | None,
     ) -> bytes:  # fmt: skip
         _unknown_keys(data, ("input", "deadline_ms"))
         if "input" not in data:
             raise InputError("missing field: input", field="input")
-        result = await s.predict(data["input"], _body_deadline(data, header), request_id=rid)
+        result = await s.predict(
+            data["input"], _body_deadline(data, header), request_id=rid, tenant=tenant
+        )
         if ctx is not None:
             ctx.update(tier=result.tier, cache=result.cache, degraded=result.degraded,
                        cost=result.cost)  # fmt: skip
@@ -444,13 +466,13 @@ class _Handlers:
     @staticmethod
     async def predict_batch(
         s: Service, data: dict[str, Any], header: float | None, ctx: dict[str, Any] | None,
-        rid: str | None,
+        rid: str | None, tenant: Tenant | None,
     ) -> bytes:  # fmt: skip
         _unknown_keys(data, ("inputs", "deadline_ms"))
         if "inputs" not in data:
             raise InputError("missing field: inputs", field="inputs")
         results = await s.predict_batch(
-            data["inputs"], _body_deadline(data, header), request_id=rid
+            data["inputs"], _body_deadline(data, header), request_id=rid, tenant=tenant
         )
         if ctx is not None:
             ctx.update(n=len(results), cost=sum(r.cost for r in results),

@@ -78,6 +78,29 @@ class FeedbackResponse(BaseModel):
     calibration_version: str | None
 
 
+class BudgetUsage(BaseModel):
+    """A key's budget in the current period (amounts in the currency of the costs)."""
+
+    amount: float = Field(description="What the key may spend per period.")
+    period: Literal["hour", "day", "week", "month", "total"]
+    period_id: str = Field(description="The current period, e.g. 2026-12-03 for a day.")
+    on_exhausted: Literal["refuse", "degrade"]
+    spent: float = Field(description="Settled cost of the requests answered this period.")
+    reserved: float = Field(description="Worst cases reserved by requests in flight.")
+    remaining: float = Field(description="amount - spent - reserved.")
+    resets_at: str | None = Field(description="UTC time the period ends (null: never).")
+    shared: bool = Field(description="Accounted in Redis, shared by every replica.")
+
+
+class UsageResponse(BaseModel):
+    """The calling key's limits and spend (never the key itself)."""
+
+    key: str = Field(description="The key's name.")
+    rights: list[str]
+    rate_limit: dict[str, float] | None
+    budget: BudgetUsage | None
+
+
 class ErrorBody(BaseModel):
     type: str = Field(description="Machine-readable error type.")
     message: str = Field(description="What is wrong, for humans.")

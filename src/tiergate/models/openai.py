@@ -60,6 +60,12 @@ def label_probabilities(top: dict[str, float], words: Sequence[str]) -> list[flo
     return [m / total for m in mass]
 
 
+# Room for what a server adds to the prompt: a chat template's role markers and a
+# tokenizer's BOS/EOS (counted generously: the bound must never be below the real count).
+_TEMPLATE_TOKENS = 64
+_SPECIAL_TOKENS = 8
+
+
 class OpenAIClassifier:
     """``openai-chat`` / ``openai-completions`` tier: see the module docstring."""
 
@@ -105,6 +111,20 @@ class OpenAIClassifier:
             return "/v1/chat/completions", body
         prompt = cfg.prompt.replace("{input}", text)
         return "/v1/completions", {**common, "prompt": prompt, "logprobs": cfg.top_logprobs}
+
+    def worst_cost(self, text: str) -> float:
+        """An upper bound of one call's cost, before the call (for budget reservations).
+
+        The prompt is counted as one token per UTF-8 byte (no tokenizer makes a token of
+        less than a byte) plus room for the chat template's and the tokenizer's special
+        tokens, and the completion as ``max_tokens``.
+        """
+        _, body = self._request(text)
+        if self.chat:
+            n = sum(len(m["content"].encode()) for m in body["messages"]) + _TEMPLATE_TOKENS
+        else:
+            n = len(body["prompt"].encode()) + _SPECIAL_TOKENS
+        return self.cfg.pricing.cost(n, int(body["max_tokens"]))
 
     async def _one(self, text: str) -> tuple[list[float], int, int]:
         path, body = self._request(text)

@@ -1,25 +1,52 @@
-"""Who may call the service, and how often: API keys, rights and rate limits.
+"""Who may call the service, how often and for how much: keys, rights, limits, budgets.
 
 :class:`Tenancy` is what the HTTP layer asks, once per request: with no keys file the
 service is open (``enabled`` is False and nothing is checked); otherwise the
 ``Authorization`` header must carry a key from the keys file (401), the key must have
 the route's right (403), and its rate limit must have a token left (429 +
 ``Retry-After``). Keys are checked locally even when Redis is down; only the rate
-limits' shared state lives in Redis (see :mod:`tiergate.tenancy.ratelimit`).
+limits' and budgets' shared state lives in Redis (see :mod:`tiergate.tenancy.ratelimit`
+and :mod:`tiergate.tenancy.budget`). Budgets are reserved and settled by the service
+around the work itself (:meth:`Tenancy.reserve`, :meth:`Tenancy.settle`), after the
+exact cache: a hit costs nothing and needs no budget.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tiergate.config import AuthConfig
-from tiergate.errors import ForbiddenError, RateLimitedError, UnauthorizedError
+from tiergate.errors import (
+    BudgetExceededError,
+    ForbiddenError,
+    RateLimitedError,
+    UnauthorizedError,
+)
+from tiergate.tenancy.budget import (
+    Budget,
+    Budgets,
+    BudgetStore,
+    LocalBudgetStore,
+    RedisBudgetStore,
+    Reservation,
+)
 from tiergate.tenancy.keys import KeyRing, RateLimit, Right, Tenant, add_key
 from tiergate.tenancy.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 
-__all__ = ["KeyRing", "RateLimit", "Right", "Tenancy", "Tenant", "add_key"]
+__all__ = [
+    "Budget",
+    "Budgets",
+    "KeyRing",
+    "RateLimit",
+    "Reservation",
+    "Right",
+    "Tenancy",
+    "Tenant",
+    "add_key",
+]
 
 log = logging.getLogger("tiergate.tenancy")
 
@@ -34,9 +61,11 @@ class Tenancy:
         *,
         protect: tuple[str, ...] = ("metrics", "docs"),
         metrics: Any = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.keys = keys
         self.limiter = limiter or LocalRateLimiter()
+        self.budgets = budgets or Budgets(LocalBudgetStore(), metrics=metrics)
         self.protect = frozenset(protect)
         self._metrics = metrics
 
@@ -57,7 +86,14 @@ class Tenancy:
             )
         else:
             limiter = LocalRateLimiter()
-        return cls(keys, limiter, protect=cfg.protect, metrics=metrics)
+        store: BudgetStore = LocalBudgetStore()
+        if (cfg.budget_store or cfg.rate_limit_store) == "redis":
+            lost = metrics.shared_state_fallback_by("budget") if metrics else None
+            store = RedisBudgetStore(
+                cfg.redis_url, on_fallback=lost.inc if lost is not None else None
+            )
+        budgets = Budgets(store, metrics=metrics)
+        return cls(keys, limiter, protect=cfg.protect, metrics=metrics, budgets=budgets)
 
     @property
     def enabled(self) -> bool:
@@ -68,9 +104,14 @@ class Tenancy:
         if self.keys is None:
             return {"auth": "open"}
         shared = getattr(self.limiter, "shared", None)
+        spent = getattr(self.budgets.store, "shared", None)
+        budgeted = sum(t.budget is not None for t in self.keys.tenants.values())
         return {"auth": "keys", "keys": len(self.keys),
                 "rate_limits": "redis" if shared is not None else "per process",
-                **({"rate_limits_shared_now": shared} if shared is not None else {})}  # fmt: skip
+                **({"rate_limits_shared_now": shared} if shared is not None else {}),
+                "budgets": {"keys": budgeted,
+                            "store": "redis" if spent is not None else "per process",
+                            **({"shared_now": spent} if spent is not None else {})}}  # fmt: skip
 
     def check(self, authorization: str | None, right: Right) -> Tenant | None:
         """Key and right only (for routes without rate limits); None when open."""
@@ -104,6 +145,40 @@ class Tenancy:
             self._metrics.key_requests_by(tenant.name).inc()
         return tenant
 
+    async def reserve(
+        self, tenant: Tenant | None, worst: Callable[[], Sequence[float]], n_tiers: int
+    ) -> Reservation | None:
+        """Reserve a request's worst case on ``tenant``'s budget (None: no budget).
+
+        ``worst()`` gives the worst-case cost of reaching 1, 2, … ``n_tiers`` tiers; it
+        is called only for a key with a budget. Raises the 402 when nothing fits.
+        """
+        if tenant is None or tenant.budget is None:
+            return None
+        try:
+            return await self.budgets.reserve(tenant.name, tenant.budget, worst(), n_tiers)
+        except BudgetExceededError:
+            self._rejected("budget")
+            raise
+
+    async def settle(self, tenant: Tenant, reservation: Reservation, actual: float) -> None:
+        """Settle a reservation to what the request really cost; release the rest."""
+        assert tenant.budget is not None
+        await self.budgets.settle(reservation, tenant.budget, actual)
+
+    async def usage(self, tenant: Tenant) -> dict[str, Any]:
+        """``GET /v1/usage`` for the key itself: its limits, budget and spend."""
+        limit = tenant.rate_limit
+        return {
+            "key": tenant.name,
+            "rights": sorted(tenant.rights),
+            "rate_limit": limit.model_dump(exclude_none=True) if limit is not None else None,
+            "budget": (
+                await self.budgets.usage(tenant.name, tenant.budget)
+                if tenant.budget is not None else None
+            ),
+        }  # fmt: skip
+
     def _rejected(self, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.auth_rejected_by(reason).inc()
@@ -112,3 +187,4 @@ class Tenancy:
         close = getattr(self.limiter, "aclose", None)
         if close is not None:
             await close()
+        await self.budgets.aclose()

@@ -16,6 +16,7 @@ its hash), is written atomically with mode 0600, and names each key's rights::
         sha256: 5b2d...          # of salt || secret, hex
         rights: [predict, usage] # predict, usage, metrics, docs, admin
         rate_limit: {per_second: 50, per_minute: 2000, burst: 100}
+        budget: {amount: 10.0, period: day, on_exhausted: refuse}   # or degrade
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tiergate.config import format_validation_error
 from tiergate.errors import ConfigError, ForbiddenError, UnauthorizedError
+from tiergate.tenancy.budget import Budget
 
 __all__ = ["KeyEntry", "KeyRing", "RateLimit", "Right", "Tenant", "add_key"]
 
@@ -64,6 +66,7 @@ class KeyEntry(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     rights: tuple[Right, ...] = DEFAULT_RIGHTS
     rate_limit: RateLimit | None = None
+    budget: Budget | None = None
 
 
 class _KeysFile(BaseModel):
@@ -86,12 +89,19 @@ class _KeysFile(BaseModel):
 class Tenant:
     """The caller a key stands for (never the key itself)."""
 
-    __slots__ = ("name", "rate_limit", "rights")
+    __slots__ = ("budget", "name", "rate_limit", "rights")
 
-    def __init__(self, name: str, rights: tuple[Right, ...], rate_limit: RateLimit | None):
+    def __init__(
+        self,
+        name: str,
+        rights: tuple[Right, ...],
+        rate_limit: RateLimit | None,
+        budget: Budget | None = None,
+    ):
         self.name = name
         self.rights = frozenset(rights)
         self.rate_limit = rate_limit
+        self.budget = budget
 
     def __repr__(self) -> str:
         return f"Tenant({self.name!r})"
@@ -113,7 +123,9 @@ class KeyRing:
     def __init__(self, entries: dict[str, KeyEntry], path: Path | None = None) -> None:
         self.path = path
         self._by_id = {e.id: (name, e, bytes.fromhex(e.sha256)) for name, e in entries.items()}
-        self._tenants = {name: Tenant(name, e.rights, e.rate_limit) for name, e in entries.items()}
+        self._tenants = {
+            name: Tenant(name, e.rights, e.rate_limit, e.budget) for name, e in entries.items()
+        }
 
     def _raw_entries(self) -> dict[str, KeyEntry]:
         return {name: e for name, e, _ in self._by_id.values()}
@@ -165,6 +177,7 @@ def add_key(
     *,
     rights: tuple[Right, ...] = DEFAULT_RIGHTS,
     rate_limit: RateLimit | None = None,
+    budget: Budget | None = None,
     replace: bool = False,
 ) -> str:
     """Add key ``name`` to the keys file (created if absent); return the key, once."""
@@ -182,7 +195,7 @@ def add_key(
     salt = secrets.token_hex(16)
     entries[name] = KeyEntry(
         id=key_id, salt=salt, sha256=_digest(salt, secret).hex(), rights=rights,
-        rate_limit=rate_limit,
+        rate_limit=rate_limit, budget=budget,
     )  # fmt: skip
     body = {"keys": {n: e.model_dump(mode="json", exclude_none=True) for n, e in entries.items()}}
     text = "# tiergate keys file: salted hashes only; `tiergate keys add NAME` adds one.\n"

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from tiergate.tenancy._redis import shared_state_client
 from tiergate.tenancy.keys import RateLimit
 
 __all__ = ["LocalRateLimiter", "RateLimiter", "RedisRateLimiter", "TokenBucket"]
@@ -133,25 +134,17 @@ class RedisRateLimiter:
         url: str,
         *,
         prefix: str = "tiergate:rl:",
-        socket_timeout_s: float = 0.1,
+        socket_timeout_s: float = 0.25,
+        max_connections: int = 16,
         backoff_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         on_fallback: Callable[[], None] | None = None,
     ) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import RedisError
 
         self.url = url
         self._prefix = prefix
-        # One immediate retry replaces a pooled connection that went stale while Redis
-        # restarted; more would only add latency to a request while Redis is down.
-        self._client: Any = aioredis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )  # fmt: skip
+        self._client: Any = shared_state_client(url, socket_timeout_s, max_connections)
         self._script = self._client.register_script(_LUA)
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self._local = LocalRateLimiter(clock)
@@ -200,6 +193,7 @@ class RedisRateLimiter:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._client.connection_pool.disconnect()
 
 
 def retry_after_header(wait_s: float) -> int:
