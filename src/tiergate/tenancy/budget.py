@@ -45,7 +45,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from tiergate.errors import BudgetExceededError
-from tiergate.tenancy._redis import shared_state_client
+from tiergate.tenancy._redis import shared_state_client, shared_state_slots
 
 __all__ = [
     "Budget",
@@ -277,6 +277,8 @@ class RedisBudgetStore:
         self.url = url
         self._prefix = prefix
         self._client: Any = shared_state_client(url, socket_timeout_s, max_connections)
+        # Every use of Redis holds a slot; the state is checked after the wait for one.
+        self._slots = shared_state_slots(max_connections)
         self._reserve = self._client.register_script(_RESERVE)
         self._settle = self._client.register_script(_SETTLE)
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -356,6 +358,12 @@ class RedisBudgetStore:
     async def reserve(
         self, key: str, period: str, limit: int, amounts: Sequence[int], ttl_s: int | None
     ) -> tuple[int, Account, Any]:
+        async with self._slots:
+            return await self._reserve_in_slot(key, period, limit, amounts, ttl_s)
+
+    async def _reserve_in_slot(
+        self, key: str, period: str, limit: int, amounts: Sequence[int], ttl_s: int | None
+    ) -> tuple[int, Account, Any]:
         if self._down_until is not None and self._clock() < self._down_until:
             return self._fallback_reserve(key, period, limit, amounts)
         if (self._down_until is not None or self._owed or self._unsettled) and not (
@@ -377,6 +385,12 @@ class RedisBudgetStore:
         return int(index), acc, rid
 
     async def settle(
+        self, key: str, period: str, reserved: int, actual: int, ttl_s: int | None, token: Any
+    ) -> None:
+        async with self._slots:
+            await self._settle_in_slot(key, period, reserved, actual, ttl_s, token)
+
+    async def _settle_in_slot(
         self, key: str, period: str, reserved: int, actual: int, ttl_s: int | None, token: Any
     ) -> None:
         acct = (key, period)
@@ -401,6 +415,10 @@ class RedisBudgetStore:
         self._seen[acct] = Account(int(spent), int(left))
 
     async def account(self, key: str, period: str) -> Account:
+        async with self._slots:
+            return await self._account_in_slot(key, period)
+
+    async def _account_in_slot(self, key: str, period: str) -> Account:
         if self._down_until is None:
             try:
                 spent, reserved = await self._client.hmget(

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tiergate.tenancy._redis import shared_state_client
+from tiergate.tenancy._redis import shared_state_client, shared_state_slots
 from tiergate.tenancy.keys import RateLimit
 
 __all__ = ["LocalRateLimiter", "RateLimiter", "RedisRateLimiter", "TokenBucket"]
@@ -145,6 +145,7 @@ class RedisRateLimiter:
         self.url = url
         self._prefix = prefix
         self._client: Any = shared_state_client(url, socket_timeout_s, max_connections)
+        self._slots = shared_state_slots(max_connections)
         self._script = self._client.register_script(_LUA)
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self._local = LocalRateLimiter(clock)
@@ -166,6 +167,12 @@ class RedisRateLimiter:
         buckets = _buckets(limit)
         if not buckets:
             return 0.0
+        async with self._slots:  # (checked after the wait: Redis may have gone meanwhile)
+            return await self._acquire(key, limit, buckets)
+
+    async def _acquire(
+        self, key: str, limit: RateLimit, buckets: list[tuple[str, float, float]]
+    ) -> float:
         if self._down_until is not None and self._clock() < self._down_until:
             return self._fallback(key, limit)
         keys = [f"{self._prefix}{key}:{suffix}" for suffix, _, _ in buckets]
