@@ -6,7 +6,9 @@ In one run, on this machine, with wrk (Debian's `wrk`; `apt-get install wrk`) on
   uvicorn like tiergate (defined here, not in the package): the cost of a Python HTTP hop;
 - **cache**: the demo with its exact cache, the same input repeated (every request a hit);
 - **fast**: the demo with the exact cache off and an input the fast tier accepts;
-- **mixed**: the demo's test split, cache off (a share escalates to MPNet).
+- **mixed**: the demo's test split, cache off (a share escalates to MPNet);
+- **cache+keys**, **fast+keys** (only when named in ``--paths``): ``cache`` and ``fast``
+  with an API key, a rate limit and a budget checked on every request (closed loop only).
 
 Each at 1, 16 and 64 connections (closed loop, wrk -t1, ``--duration`` s), then an open-loop
 `tiergate bench` step at 80 % of the best closed-loop rate of that path; for ``mixed``, a rate
@@ -90,7 +92,7 @@ def find_wrk() -> str:
     return exe
 
 
-def lua_script(bodies: list[bytes], path: Path) -> Path:
+def lua_script(bodies: list[bytes], path: Path, headers: dict[str, str] | None = None) -> Path:
     def long_string(b: bytes) -> str:
         text = b.decode()
         level = 0
@@ -100,9 +102,11 @@ def lua_script(bodies: list[bytes], path: Path) -> Path:
         return f"[{eq}[{text}]{eq}]"
 
     items = ",\n".join(long_string(b) for b in bodies)
+    extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
     path.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"local bodies = {{{items}}}\nlocal i = 0\n"
+        + extra
+        + f"local bodies = {{{items}}}\nlocal i = 0\n"
         "request = function()\n  i = i % #bodies + 1\n"
         "  return wrk.format(nil, nil, nil, bodies[i])\nend\n" + LUA_DONE
     )
@@ -323,8 +327,11 @@ def main() -> None:
     }
     one = orjson.dumps({"input": "a gorgeous, moving film"})
 
-    def run_path(name: str, argv: list[str], bodies: list[bytes], open_data: Path) -> None:
-        lua = lua_script(bodies, tmp / f"{name}.lua")
+    def run_path(
+        name: str, argv: list[str], bodies: list[bytes], open_data: Path,
+        headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        lua = lua_script(bodies, tmp / f"{name}.lua", headers)
         steps = []
         with serving(argv, env if name != "ceiling" else None) as server:
             # Warm up (first calls, caches, allocator).
@@ -343,6 +350,8 @@ def main() -> None:
             best = top["rps"]
             if name == "mixed":
                 entry["open_loop_search"] = rate_search(server, args, open_data, tmp, best)
+            elif headers:
+                pass  # `tiergate bench` sends no key: closed loop only
             else:
                 # On as many connections as the best closed-loop step (more connections
                 # cost the server per request: its capacity at 64 is below that at 16).
@@ -370,6 +379,21 @@ def main() -> None:
     nocache = write_config({**base_cfg, "cache": {"exact": {"enabled": False}}}, tmp / "nc.yaml")
     if "fast" in paths:
         run_path("fast", [*serve, str(nocache)], [one], one_file)
+    # The same two paths with every tenancy check on: a key (hash check), a rate limit
+    # (token buckets) and a budget (reserve + settle) per request, per-process stores.
+    keyed = [p for p in paths if p in ("cache+keys", "fast+keys")]
+    if keyed:
+        from tiergate.tenancy import Budget, RateLimit, add_key
+
+        key = add_key(tmp / "keys.yaml", "bench", rate_limit=RateLimit(per_second=1e6, burst=1e6),
+                      budget=Budget(amount=1e9, period="day"))  # fmt: skip
+        auth = {"keys_file": str(tmp / "keys.yaml"), "protect": []}
+        headers = {"Authorization": f"Bearer {key}"}
+        for name in keyed:
+            cfg_dict = dict(base_cfg) if name == "cache+keys" else {
+                **base_cfg, "cache": {"exact": {"enabled": False}}}  # fmt: skip
+            cfg = write_config({**cfg_dict, "auth": auth}, tmp / f"{name}.yaml")
+            run_path(name, [*serve, str(cfg)], [one], one_file, headers)
     if "mixed" in paths:
         bodies = [orjson.dumps({"input": t}) for t in texts[:2000]]
         mixed = {**base_cfg, "cache": {"exact": {"enabled": False}}}

@@ -170,9 +170,11 @@ def test_completions_tier_reads_probabilities_and_tokens(llama: PeerProcess) -> 
     cfg = completions(llama.url, pricing={"prompt_per_million": 1.0, "completion_per_million": 2.0})
     tier = OpenAIClassifier(cfg, name="llm")
 
+    texts = ["an utterly wonderful, moving film", "a dull mess"]
+
     async def go() -> Any:
         try:
-            return await tier.apredict_batch(["an utterly wonderful, moving film", "a dull mess"])
+            return await tier.apredict_batch(texts)
         finally:
             await tier.aclose()
 
@@ -182,6 +184,9 @@ def test_completions_tier_reads_probabilities_and_tokens(llama: PeerProcess) -> 
     prompt, completion = scored.tokens[0]
     assert prompt > 20 and completion == 1
     assert scored.costs[0] == pytest.approx((prompt * 1.0 + completion * 2.0) / 1e6)
+    # What a budget reserves before the call bounds what the real server charged.
+    for text, cost in zip(texts, scored.costs, strict=True):
+        assert cost <= tier.worst_cost(text) < 10 * cost
 
 
 def test_a_label_word_of_several_tokens_is_refused_at_start(llama: PeerProcess) -> None:
