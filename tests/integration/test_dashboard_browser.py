@@ -362,5 +362,11 @@ def test_dashboard_raises_the_drift_alarm(alarm_server: str, browser: Browser) -
     assert browser.evaluate("document.getElementById('drift-banner').hidden") is False
     assert "fast" in browser.evaluate("document.getElementById('drift-alarms').innerText")
     assert float(browser.value("threshold-fast")) > 0.55
-    assert float(browser.value("shadow-fast")) < 0.5
+    # The shadow agreement when the alarm was raised: each tightening restarts the tier's
+    # window (answers accepted under the old threshold say nothing of the new one), so the
+    # live cell may show no estimate until new samples arrive; the alarm keeps its own.
+    raised = browser.evaluate(
+        "document.querySelector('#drift-alarms li[data-kind=accuracy]').dataset.estimate"
+    )
+    assert float(raised) < 0.5
     assert browser.errors() == []

@@ -258,8 +258,11 @@ class Monitor:
 
     def alarms(self) -> list[dict[str, Any]]:
         out = [
-            {"tier": t, "kind": "accuracy", "since": j.since,
-             "detail": f"accepted answers below the target {j.target:.3f} ({j.source})"}
+            {"tier": t, "kind": "accuracy", "since": j.since, "raised_at": j.raised_at,
+             "detail": f"accepted answers below the target {j.target:.3f} ({j.source}"
+                       + (f"; {j.raised_at['estimate']:.3f} [{j.raised_at['lower']:.3f}, "
+                          f"{j.raised_at['upper']:.3f}] of {j.raised_at['n']:.0f} when raised"
+                          if j.raised_at else "") + ")"}
             for t, j in self.judges.items() if j.state == "alarm"
         ]  # fmt: skip
         if self.input is not None and self.input.alarm:

@@ -64,6 +64,9 @@ class AccuracyJudge:
         self.state = "ok"
         self.source: str | None = None
         self.since: str | None = None
+        # What the estimate was when the alarm was raised (a tightening restarts the
+        # window, so the live estimate may then show nothing for a while).
+        self.raised_at: dict[str, float] | None = None
 
     def judge(self, n: int, estimate: float | None, lower: float, upper: float,
               source: str) -> tuple[str, bool]:  # fmt: skip
@@ -79,6 +82,7 @@ class AccuracyJudge:
             state = "uncertified"
         if state == "alarm" and was != "alarm":
             self.since = _now_iso(self._wall)
+            self.raised_at = {"estimate": estimate, "lower": lower, "upper": upper, "n": n}
             log.warning(
                 "drift alarm: accepted answers of tier %r at %.3f (interval %.3f-%.3f, %s, n=%d) "
                 "are below the target %.3f", self.tier, estimate, lower, upper, source, n,
@@ -88,6 +92,7 @@ class AccuracyJudge:
             log.warning("drift alarm cleared for tier %r: %.3f (%s, n=%d)", self.tier,
                         estimate, source, n)  # fmt: skip
             self.since = None
+            self.raised_at = None
         self.state = state
         self.source = source
         return state, self.auto_tighten and state == "alarm"
@@ -97,6 +102,7 @@ class AccuracyJudge:
         self.state = "ok"
         self.since = None
         self.source = None
+        self.raised_at = None
 
 
 class InputDrift:

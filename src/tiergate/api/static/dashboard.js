@@ -293,6 +293,7 @@
       const li = document.createElement("li");
       li.dataset.tier = a.tier || "";
       li.dataset.kind = a.kind || "";
+      li.dataset.estimate = a.raised_at ? String(a.raised_at.estimate) : "";
       li.textContent = `${a.tier || "?"} · ${a.kind || "?"}${a.since ? " since " + a.since : ""}${a.detail ? " — " + a.detail : ""}`;
       list.appendChild(li);
     }
