@@ -24,6 +24,10 @@ tiers:
     model: {kind: callable, target: "tiergate.testing:slow_keyword_sentiment", labels: [negative, positive]}
     cost_per_call: 0.0001
     timeout_ms: 20000
+    # A model that sleeps 2 s must not run inline on the event loop ('auto' would: its
+    # start-up probe has no "[slow]" and uses almost no CPU), or the loop could not answer
+    # /readyz or refuse new requests while it runs.
+    executor: thread
 default_deadline_ms: 20000
 drain_grace_s: 10
 """
