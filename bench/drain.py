@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -46,7 +45,7 @@ import httpx
 from tiergate.config import tiergate_home
 from tiergate.demo import demo_config_dict, write_config
 from tiergate.offline import read_labelled
-from tiergate.testing import free_port
+from tiergate.testing import PeerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "drain.json"
@@ -142,23 +141,14 @@ def main() -> None:
     path = write_config(cfg, tmp / "config.yaml")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log = (tmp / "serve.log").open("wb")
-    proc = subprocess.Popen(
+    served = PeerProcess(
         [sys.executable, "-m", "tiergate", "serve", str(path), "--port", str(port),
          "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-    )  # fmt: skip
+        port, "/readyz", ready_timeout_s=300,
+    ).start()  # fmt: skip
+    proc = served.proc
+    assert proc is not None
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"serve did not start: {(tmp / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.3)
         for t in texts[:50]:  # warm up
             httpx.post(base + "/v1/predict", json={"input": t}, timeout=30)
         ended: dict[str, float] = {}
@@ -171,10 +161,7 @@ def main() -> None:
         watcher.join(timeout=5)
         exited = ended["t"] - out.pop("signal_t")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        served.stop()  # by PID, if it has not exited by itself
     out.update(traffic=args.traffic, grace_s=args.grace, exit_code=code,
                exited_after_signal_s=exited,
                date=datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip

@@ -106,14 +106,17 @@ def cascade(confs: list[np.ndarray], oks: list[np.ndarray], thresholds: list[flo
     return {"accuracy": float(ok.mean()), "mean_cost": float(cost.mean()), "shares": shares}
 
 
-def choose(confs: list[np.ndarray], oks: list[np.ndarray], costs: list[float], target: float,
-           grids: list[np.ndarray]) -> list[float]:  # fmt: skip
-    best: tuple[float, list[float]] | None = None
-    for th in np.array(np.meshgrid(*grids, indexing="ij")).reshape(len(grids), -1).T:
-        r = cascade(confs, oks, th.tolist(), costs)
-        if r["accuracy"] >= target and (best is None or r["mean_cost"] < best[0]):
-            best = (r["mean_cost"], th.tolist())
-    return best[1] if best is not None else [1.01] * len(grids)
+def sweep(confs: list[np.ndarray], oks: list[np.ndarray], costs: list[float],
+          grids: list[np.ndarray]) -> list[tuple[list[float], dict[str, Any]]]:  # fmt: skip
+    """The cascade at every combination of thresholds from ``grids``."""
+    combos = np.array(np.meshgrid(*grids, indexing="ij")).reshape(len(grids), -1).T
+    return [(th.tolist(), cascade(confs, oks, th.tolist(), costs)) for th in combos]
+
+
+def choose(points: list[tuple[list[float], dict[str, Any]]], target: float) -> list[float]:
+    """The cheapest thresholds that meet ``target`` (none: every tier but the last off)."""
+    fit = [(r["mean_cost"], th) for th, r in points if r["accuracy"] >= target]
+    return min(fit)[1] if fit else [1.01] * len(points[0][0])
 
 
 def main() -> None:
@@ -231,12 +234,12 @@ def main() -> None:
     two_costs = [c_nb, c_mpnet]
     three_costs = [c_nb, c_minilm, c_mpnet]
     cal_nb, cal_mid = nb["calibration"].max(1), mid_p["calibration"].max(1)
-    th2 = choose([cal_nb], [ok["calibration"]["nb"], ok["calibration"]["mp"]], two_costs,
-                 target, [grid])  # fmt: skip
     grid3 = np.round(np.arange(0.5, 1.0001, 0.01), 3)
-    th3 = choose([cal_nb, cal_mid],
-                 [ok["calibration"]["nb"], ok_mid["calibration"], ok["calibration"]["mp"]],
-                 three_costs, target, [grid3, grid3])  # fmt: skip
+    cal_oks2 = [ok["calibration"]["nb"], ok["calibration"]["mp"]]
+    cal_oks3 = [ok["calibration"]["nb"], ok_mid["calibration"], ok["calibration"]["mp"]]
+    points2 = sweep([cal_nb], cal_oks2, two_costs, [grid])
+    points3 = sweep([cal_nb, cal_mid], cal_oks3, three_costs, [grid3, grid3])
+    th2, th3 = choose(points2, target), choose(points3, target)
     always_mp = float(ok["test"]["mp"].mean())
     two = cascade([maxprob], [ok["test"]["nb"], ok["test"]["mp"]], th2, two_costs)
     three = cascade([maxprob, mid_p["test"].max(1)],
@@ -251,25 +254,15 @@ def main() -> None:
         )
 
     # The cost/accuracy frontier on calibration: the cheapest cascade at each accuracy.
-    def frontier(confs: list[np.ndarray], oks: list[np.ndarray], costs: list[float],
-                 grids: list[np.ndarray]) -> dict[str, float | None]:  # fmt: skip
-        points = [
-            cascade(confs, oks, th.tolist(), costs)
-            for th in np.array(np.meshgrid(*grids, indexing="ij")).reshape(len(grids), -1).T
-        ]
+    def frontier(points: list[tuple[list[float], dict[str, Any]]]) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
         for share in (0.97, 0.98, 0.99, 0.995, 1.0):
             level = share * float(ok["calibration"]["mp"].mean())
-            fit = [p["mean_cost"] for p in points if p["accuracy"] >= level]
+            fit = [r["mean_cost"] for _, r in points if r["accuracy"] >= level]
             out[f"{share:.3f}"] = round(min(fit) / c_mpnet, 4) if fit else None
         return out
 
-    cal_oks2 = [ok["calibration"]["nb"], ok["calibration"]["mp"]]
-    cal_oks3 = [ok["calibration"]["nb"], ok_mid["calibration"], ok["calibration"]["mp"]]
-    frontiers = {
-        "two_tier": frontier([cal_nb], cal_oks2, two_costs, [grid]),
-        "three_tier": frontier([cal_nb, cal_mid], cal_oks3, three_costs, [grid3, grid3]),
-    }
+    frontiers = {"two_tier": frontier(points2), "three_tier": frontier(points3)}
 
     out = {
         "cost_vs_always_last_at_share_of_mpnet_calibration_accuracy": frontiers,
