@@ -186,8 +186,8 @@ async def test_aimd_policy_caps_batches_by_its_limit_not_by_deadlines() -> None:
     assert model.calls == [["x"], ["a", "b"], ["c"]]
 
 
-class HungFirstModel(GatedModel):
-    """The first call never returns (a hung upstream); later calls answer at once."""
+class HangingModel(GatedModel):
+    """A call with a text starting with "h" hangs (a hung upstream) until cancelled."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -195,7 +195,7 @@ class HungFirstModel(GatedModel):
 
     async def __call__(self, texts: list[str]) -> np.ndarray:
         self.calls.append(texts)
-        if len(self.calls) == 1:
+        if any(t.startswith("h") for t in texts):
             try:
                 await asyncio.Event().wait()
             except asyncio.CancelledError:
@@ -204,20 +204,50 @@ class HungFirstModel(GatedModel):
         return np.array([[0.0, float(len(t))] for t in texts])
 
 
-async def test_a_batch_all_callers_gave_up_on_is_cancelled_and_the_tier_goes_on() -> None:
-    model = HungFirstModel()
+async def test_an_idle_cancellable_tier_is_called_from_the_callers_own_task() -> None:
+    model = GatedModel()
     b = MicroBatcher(model, max_batch=8, abandon_orphans=True, clock=ManualClock())
-    hung = [asyncio.create_task(b.submit([x])) for x in "ab"]
+    first = asyncio.create_task(b.submit(["a"]))
     await settle()
-    assert model.calls == [["a", "b"]]
-    hung[0].cancel()  # one caller gone: the other still waits, the call goes on
+    assert model.calls == [["a"]] and b._task is None  # no hand-over to the batcher
+    rest = [asyncio.create_task(b.submit([x * i])) for i, x in enumerate("bc", start=1)]
     await settle()
-    assert model.cancelled == 0
+    assert b.queued == 2  # the tier is busy: these wait and go as one batch
+    model.gate.set()
+    out = await asyncio.gather(first, *rest)
+    assert model.calls == [["a"], ["b", "cc"]]
+    assert [float(o[0, 1]) for o in out] == [1.0, 1.0, 2.0]
+    assert list(b.batch_sizes) == [1, 2]
+
+
+async def test_a_batch_all_callers_gave_up_on_is_cancelled_and_the_tier_goes_on() -> None:
+    model = HangingModel()
+    b = MicroBatcher(model, max_batch=8, abandon_orphans=True, clock=ManualClock())
+    first = asyncio.create_task(b.submit(["h0"]))
+    await settle()
+    hung = [asyncio.create_task(b.submit([x])) for x in ("h1", "h2")]
+    await settle()
+    assert model.calls == [["h0"]] and b.queued == 2
+    first.cancel()  # a lone caller gone: its own call is abandoned, the queue goes next
+    await settle()
+    assert model.cancelled == 1 and model.calls[1] == ["h1", "h2"]
+    hung[0].cancel()  # one caller of the batch gone: the other still waits, the call goes on
+    await settle()
+    assert model.cancelled == 1
     later = asyncio.create_task(b.submit(["ccc"]))
     hung[1].cancel()  # the last one gone: the upstream call is abandoned
     out = await asyncio.wait_for(later, timeout=5)
-    assert model.cancelled == 1 and b.abandoned == 1
-    assert model.calls[1] == ["ccc"] and float(out[0, 1]) == 3.0
+    assert model.cancelled == 2 and b.abandoned == 2
+    assert model.calls[2] == ["ccc"] and float(out[0, 1]) == 3.0
+
+
+async def test_an_expired_request_never_reaches_an_idle_cancellable_tier() -> None:
+    clock = ManualClock()
+    model = GatedModel()
+    b = MicroBatcher(model, max_batch=8, abandon_orphans=True, clock=clock)
+    with pytest.raises(DeadlineExceededError):
+        await b.submit(["late"], deadline=clock() - 0.001)
+    assert model.calls == [] and b.dropped_expired == 1
 
 
 async def test_without_abandon_orphans_a_batch_runs_to_its_end() -> None:
