@@ -17,10 +17,13 @@ In one run, on this machine, all on loopback (issue 10's "Done when" measurement
    request escalates) → `v2-infer`, served by `tiergate serve` and driven closed-loop by
    wrk at each of ``--connections``, with the remote tier's `batching.max_batch` 32 vs 1.
    Upstream calls per request from `tiergate_batch_size_count/sum{tier="heavy"}`.
-3. **overhead**: one tier only (the V2 model), exact cache off: ``--n-overhead`` sequential
+3. **overhead**: one tier only (a V2 model), exact cache off: ``--n-overhead`` sequential
    `POST /v1/predict` through tiergate vs as many `POST /v2/models/sentiment/infer` straight
-   to MLServer with the same single text, each over one kept-alive connection (http.client),
-   interleaved in blocks so drift hits both alike. Added p50 = gateway p50 − direct p50.
+   to the upstream with the same single text, each over one kept-alive connection
+   (http.client), alternating one call each way so drift hits both alike. Two upstreams:
+   a minimal V2 endpoint (Starlette, a fixed answer: steady, so the gateway's share shows)
+   and MLServer. Added p50 = gateway p50 − direct p50, split into the part inside the
+   service (its reported latency − direct) and its HTTP face (the rest).
 
 Everything runs on the same 2-core machine (load generator, gateway, peer), so absolute
 numbers carry that noise. Results are written after each part, so a partial run keeps
@@ -454,62 +457,114 @@ def _keepalive_post(conn: http.client.HTTPConnection, path: str, body: bytes) ->
     return data
 
 
-def part_overhead(
-    args: argparse.Namespace, mlserver_url: str, tmp: Path, text: str
-) -> dict[str, Any]:
-    cfg = {"service": "v2-overhead", "tiers": [v2_tier(mlserver_url, 32)],
-           "cache": {"exact": {"enabled": False}}}  # fmt: skip
-    config = write_config(cfg, tmp / "v2-overhead.yaml")
+# The smallest V2 server there is (Starlette + uvicorn, one fixed answer): an upstream whose
+# own cost is known and steady, so the gateway's share is not lost in a model server's noise.
+MINIMAL_V2 = """
+import sys, orjson, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+port, model = int(sys.argv[1]), sys.argv[2]
+async def infer(request):
+    n = orjson.loads(await request.body())["inputs"][0]["shape"][0]
+    out = {"name": "predict_proba", "shape": [n, 2], "datatype": "FP64", "data": [0.3, 0.7] * n}
+    return Response(orjson.dumps({"model_name": model, "outputs": [out]}),
+                    media_type="application/json")
+async def ready(request):
+    return Response(b"{}", media_type="application/json")
+app = Starlette(routes=[Route(f"/v2/models/{model}/infer", infer, methods=["POST"]),
+                        Route("/v2/health/ready", ready),
+                        Route(f"/v2/models/{model}/ready", ready)])
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+"""
+
+
+def _overhead_pair(upstream_port: int, gw_port: int, text: str, n: int) -> dict[str, Any]:
+    """``n`` sequential calls each way, alternating one direct, one through the gateway."""
     direct_body = orjson.dumps({
         "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}],
         "outputs": [{"name": "predict_proba"}],
     })  # fmt: skip
     gw_body = orjson.dumps({"input": text})
     direct_path = f"/v2/models/{V2_MODEL}/infer"
-    ml_port = int(mlserver_url.rsplit(":", 1)[1])
-    with serving(config) as server:
-        direct = http.client.HTTPConnection("127.0.0.1", ml_port, timeout=30)
-        gw = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        for _ in range(200):  # warm up both paths and connections
-            _keepalive_post(direct, direct_path, direct_body)
-            _keepalive_post(gw, "/v1/predict", gw_body)
-        d_ms: list[float] = []
-        g_ms: list[float] = []
-        server_ms: list[float] = []
-        block = 250
-        for _ in range(max(1, args.n_overhead // block)):
-            for _ in range(block):
-                t0 = time.perf_counter()
-                _keepalive_post(direct, direct_path, direct_body)
-                d_ms.append((time.perf_counter() - t0) * 1000.0)
-            for _ in range(block):
-                t0 = time.perf_counter()
-                body = orjson.loads(_keepalive_post(gw, "/v1/predict", gw_body))
-                g_ms.append((time.perf_counter() - t0) * 1000.0)
-                server_ms.append(float(body["latency_ms"]))
-        direct.close()
-        gw.close()
-        last = body
-    d, g = lat_summary(d_ms), lat_summary(g_ms)
-    out = {
-        "how": "sequential requests, one kept-alive http.client connection per path, "
-        f"interleaved in blocks of {block}; same single text; tiergate: one v2-infer tier, "
-        "exact cache off",
-        "text": text,
-        "direct_mlserver_ms": d,
+    direct = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+    gw = http.client.HTTPConnection("127.0.0.1", gw_port, timeout=30)
+    for _ in range(300):  # warm up both paths and connections
+        _keepalive_post(direct, direct_path, direct_body)
+        _keepalive_post(gw, "/v1/predict", gw_body)
+    d_ms: list[float] = []
+    g_ms: list[float] = []
+    server_ms: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        _keepalive_post(direct, direct_path, direct_body)
+        t1 = time.perf_counter()
+        body = orjson.loads(_keepalive_post(gw, "/v1/predict", gw_body))
+        t2 = time.perf_counter()
+        d_ms.append((t1 - t0) * 1000.0)
+        g_ms.append((t2 - t1) * 1000.0)
+        server_ms.append(float(body["latency_ms"]))
+    direct.close()
+    gw.close()
+    d, g, inside = lat_summary(d_ms), lat_summary(g_ms), lat_summary(server_ms)
+    return {
+        "direct_ms": d,
         "through_tiergate_ms": g,
-        "tiergate_reported_latency_ms": lat_summary(server_ms),
+        "tiergate_reported_latency_ms": inside,
         "added_p50_ms": g["p50"] - d["p50"],
         "added_p99_ms": g["p99"] - d["p99"],
         "added_mean_ms": g["mean"] - d["mean"],
-        "target_added_p50_ms": 1.0,
-        "last_response": last,
+        # where the added time is: inside the service (cascade, tier, upstream client) vs
+        # its HTTP face (uvicorn, parsing, the answer's encoding, the extra socket hop)
+        "added_inside_service_p50_ms": inside["p50"] - d["p50"],
+        "added_http_face_p50_ms": g["p50"] - inside["p50"],
+        "last_response": body,
     }
-    print(
-        f"overhead: direct p50 {d['p50']:.2f} ms, via tiergate p50 {g['p50']:.2f} ms, "
-        f"added {out['added_p50_ms']:.2f} ms (p99 {d['p99']:.2f} vs {g['p99']:.2f})",
-        flush=True,
-    )
+
+
+def part_overhead(
+    args: argparse.Namespace, mlserver_url: str, tmp: Path, text: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "how": "sequential requests over one kept-alive http.client connection per path, "
+        "alternating one direct call and one through tiergate (so drift hits both alike); "
+        "same single text; tiergate: one v2-infer tier, exact cache off, all features on",
+        "text": text,
+        "target_added_p50_ms": 1.0,
+    }
+    script = tmp / "minimal_v2.py"
+    script.write_text(MINIMAL_V2)
+    port = free_port()
+    minimal = subprocess.Popen([sys.executable, str(script), str(port), V2_MODEL],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        for name, url in (("minimal_v2", f"http://127.0.0.1:{port}"), ("mlserver", mlserver_url)):
+            cfg = {"service": "v2-overhead", "tiers": [v2_tier(url, 32)],
+                   "cache": {"exact": {"enabled": False}}}  # fmt: skip
+            config = write_config(cfg, tmp / f"v2-overhead-{name}.yaml")
+            upstream_port = int(url.rsplit(":", 1)[1])
+            with serving(config) as server:
+                row = _overhead_pair(upstream_port, server.port, text, args.n_overhead)
+            out[name] = row
+            print(
+                f"overhead vs {name}: direct p50 {row['direct_ms']['p50']:.2f} ms, via tiergate "
+                f"p50 {row['through_tiergate_ms']['p50']:.2f} ms, added "
+                f"{row['added_p50_ms']:.2f} ms (inside {row['added_inside_service_p50_ms']:.2f}"
+                f", HTTP face {row['added_http_face_p50_ms']:.2f})",
+                flush=True,
+            )
+    finally:
+        minimal.terminate()
+        minimal.wait(timeout=10)
     return out
 
 
@@ -610,7 +665,7 @@ def main() -> None:
     ap.add_argument("--margin", type=float, default=0.07, help="calibrate target below LLM acc")
     ap.add_argument("--connections", default="16,64", help="wrk connections (V2 batching)")
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk step")
-    ap.add_argument("--n-overhead", type=int, default=2000, help="requests per path")
+    ap.add_argument("--n-overhead", type=int, default=3000, help="requests per path")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "remote.json")
     args = ap.parse_args()
     parts = args.parts.split(",")
