@@ -128,7 +128,11 @@ def write_jsonl(texts: list[str], labels: list[str], path: Path) -> Path:
     return path
 
 
-def save(results: dict[str, Any], out: Path) -> None:
+def save(results: dict[str, Any], out: Path, part: str | None = None) -> None:
+    """Write the results so far; ``part`` (just measured) gets today's date in part_dates."""
+    if part is not None:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        results.setdefault("part_dates", {})[part] = now
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -686,7 +690,7 @@ def main() -> None:
             results["llm"] = part_llm(args, demo, tmp)
         else:
             results["llm"] = {"skipped": "llama.cpp peer missing: scripts/peers/install_llama.sh"}
-        save(results, args.out)
+        save(results, args.out, "llm")
     if {"v2_batching", "overhead"} & set(parts):
         if not MLSERVER.exists():
             results["v2"] = {"skipped": "MLServer missing: scripts/peers/install_mlserver.sh"}
@@ -699,10 +703,10 @@ def main() -> None:
                 assert ml.proc is not None
                 if "overhead" in parts:
                     results["overhead"] = part_overhead(args, ml.url, tmp, texts[0])
-                    save(results, args.out)
+                    save(results, args.out, "overhead")
                 if "v2_batching" in parts:
                     results["v2_batching"] = part_v2_batching(args, ml.url, ml.proc.pid, tmp, texts)
-                    save(results, args.out)
+                    save(results, args.out, "v2_batching")
     if "demo_remote" in parts:
         if not MLSERVER.exists():
             results["demo_remote"] = {
@@ -710,7 +714,7 @@ def main() -> None:
             }
         else:
             results["demo_remote"] = part_demo_remote(args, demo, tmp)
-    save(results, args.out)
+    save(results, args.out, "demo_remote" if "demo_remote" in parts else None)
     print(f"wrote {args.out}")
 
 

@@ -187,7 +187,6 @@ def serve(
     import uvicorn
 
     from tiergate.api import create_app
-    from tiergate.api.protocol import http_protocol
     from tiergate.service import Service
 
     if workers > 1:
@@ -223,7 +222,7 @@ def serve(
 
     server = DrainingServer(
         uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level,
-                       access_log=False, loop="auto", http=http_protocol()),
+                       access_log=False, loop="auto", http="auto"),
         service, grace_s=cfg.drain_grace_s,
     )  # fmt: skip
     server.run()

@@ -168,7 +168,6 @@ def run_worker(
     :class:`TiergateError` at start-up, prints ``error: <message>`` and returns 2.
     """
     from tiergate.api import create_app
-    from tiergate.api.protocol import http_protocol
     from tiergate.service import Service
 
     try:
@@ -178,7 +177,7 @@ def run_worker(
         sys.stderr.write(f"error: {exc.message}\n")
         return 2
     config = uvicorn.Config(
-        create_app(service), log_level=log_level, access_log=False, loop="auto", http=http_protocol(),
+        create_app(service), log_level=log_level, access_log=False, loop="auto", http="auto",
     )  # fmt: skip
     _NotifyingServer(config, service, service.config.drain_grace_s, ready_fd).run(sockets=[sock])
     return 0
