@@ -18,7 +18,10 @@ calibration split; numbers are reported on the test split.
 * **cascades**: two-tier (NB → MPNet) and three-tier (NB → middle → MPNet) with
   thresholds chosen on calibration as the cheapest meeting 99.5 % of MPNet's calibration
   accuracy (an empirical choice, not the learn-then-test certificate `calibrate` gives),
-  then test accuracy, shares, cost relative to always-MPNet.
+  then test accuracy, shares, cost relative to always-MPNet. Once more with the middle
+  priced at its head only (``*_embedding_shared*``): with the semantic cache on, every
+  request is embedded by the same MiniLM anyway, so a middle tier that shares that
+  embedding adds only its logistic regression.
 
     .venv/bin/python bench/economics.py   # → bench/results/economics.json
 """
@@ -211,7 +214,17 @@ def main() -> None:
     stacked = "stacked" in mid_name
     c_minilm = cpu_ms_per_text(middle_call, sample)
     c_mpnet = cpu_ms_per_text(lambda t: head.predict_proba(mp_embedder.embed(t)), sample[:50])
-    costs = {"fast_nb": c_nb, "middle": c_minilm, "mpnet_int8": c_mpnet}
+    # With the semantic cache on, every request is embedded by the cache's MiniLM anyway;
+    # a middle tier sharing that embedding pays only its head (embedding precomputed here).
+    emb_of = {t: minilm.embed([t]) for t in sample}
+
+    def middle_head(t: list[str]) -> Any:
+        emb = emb_of[t[0]]
+        return mid["model"].predict_proba(stack(emb, nb_of[t[0]]) if stacked else emb)
+
+    c_head = cpu_ms_per_text(middle_head, sample)
+    costs = {"fast_nb": c_nb, "middle": c_minilm, "middle_head_only": c_head,
+             "mpnet_int8": c_mpnet}  # fmt: skip
 
     # Deferral: learned rule vs max probability (NB → MPNet), at equal escalation rates.
     nb_oof_ok = nb_oof.argmax(1) == np.searchsorted(classes, y["train"])
@@ -239,13 +252,19 @@ def main() -> None:
     cal_oks3 = [ok["calibration"]["nb"], ok_mid["calibration"], ok["calibration"]["mp"]]
     points2 = sweep([cal_nb], cal_oks2, two_costs, [grid])
     points3 = sweep([cal_nb, cal_mid], cal_oks3, three_costs, [grid3, grid3])
+    shared_costs = [c_nb, c_head, c_mpnet]
+    points3s = sweep([cal_nb, cal_mid], cal_oks3, shared_costs, [grid3, grid3])
     th2, th3 = choose(points2, target), choose(points3, target)
+    th3s = choose(points3s, target)
     always_mp = float(ok["test"]["mp"].mean())
     two = cascade([maxprob], [ok["test"]["nb"], ok["test"]["mp"]], th2, two_costs)
     three = cascade([maxprob, mid_p["test"].max(1)],
                     [ok["test"]["nb"], ok_mid["test"], ok["test"]["mp"]], th3,
                     three_costs)  # fmt: skip
-    for r, th in ((two, th2), (three, th3)):
+    three_shared = cascade([maxprob, mid_p["test"].max(1)],
+                           [ok["test"]["nb"], ok_mid["test"], ok["test"]["mp"]], th3s,
+                           shared_costs)  # fmt: skip
+    for r, th in ((two, th2), (three, th3), (three_shared, th3s)):
         r.update(
             thresholds=th,
             accuracy_vs_always_last=r["accuracy"] / always_mp,
@@ -262,7 +281,8 @@ def main() -> None:
             out[f"{share:.3f}"] = round(min(fit) / c_mpnet, 4) if fit else None
         return out
 
-    frontiers = {"two_tier": frontier(points2), "three_tier": frontier(points3)}
+    frontiers = {"two_tier": frontier(points2), "three_tier": frontier(points3),
+                 "three_tier_embedding_shared_with_cache": frontier(points3s)}  # fmt: skip
 
     out = {
         "cost_vs_always_last_at_share_of_mpnet_calibration_accuracy": frontiers,
@@ -293,6 +313,8 @@ def main() -> None:
         "calibration_target": target,
         "two_tier_test": two,
         "three_tier_test": three,
+        # the middle priced at its head only: its embedding is the semantic cache's
+        "three_tier_embedding_shared_test": three_shared,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     print(json.dumps({k: v for k, v in out.items() if k != "middle"}, indent=1))
