@@ -63,7 +63,7 @@ from tiergate.config import OpenAICompletionsModelConfig, TokenPricing, tiergate
 from tiergate.demo import demo_config_dict, write_config
 from tiergate.models.openai import OpenAIClassifier
 from tiergate.offline import read_labelled
-from tiergate.testing import LlamaServer, MLServer, free_port
+from tiergate.testing import LlamaServer, MLServer, PeerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -539,19 +539,10 @@ def part_overhead(
     script = tmp / "minimal_v2.py"
     script.write_text(MINIMAL_V2)
     port = free_port()
-    minimal = subprocess.Popen([sys.executable, str(script), str(port), V2_MODEL],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        for name, url in (("minimal_v2", f"http://127.0.0.1:{port}"), ("mlserver", mlserver_url)):
+    minimal = PeerProcess([sys.executable, str(script), str(port), V2_MODEL], port,
+                          "/v2/health/ready", ready_timeout_s=60)  # fmt: skip
+    with minimal:
+        for name, url in (("minimal_v2", minimal.url), ("mlserver", mlserver_url)):
             cfg = {"service": "v2-overhead", "tiers": [v2_tier(url, 32)],
                    "cache": {"exact": {"enabled": False}}}  # fmt: skip
             config = write_config(cfg, tmp / f"v2-overhead-{name}.yaml")
@@ -566,9 +557,6 @@ def part_overhead(
                 f", HTTP face {row['added_http_face_p50_ms']:.2f})",
                 flush=True,
             )
-    finally:
-        minimal.terminate()
-        minimal.wait(timeout=10)
     return out
 
 
