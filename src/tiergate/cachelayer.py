@@ -106,14 +106,14 @@ class CacheLayer:
         sc = config.cache.semantic
         semantic = None
         if sc.enabled:
-            from tiergate.cache import load_minilm_embedder
+            from tiergate.cache import shared_minilm_embedder
 
             threshold = sc.threshold
             if threshold is None and sc.calibration is not None:
                 threshold = _semantic_threshold(sc.calibration.read_text(), namespace)
             assert threshold is not None  # config validation guarantees a source
             semantic = SemanticCache(
-                load_minilm_embedder(tiergate_home() / "minilm"),
+                shared_minilm_embedder(tiergate_home() / "minilm"),
                 threshold,
                 capacity=sc.capacity,
                 audit=AuditPolicy(rate=sc.audit_rate, bound=sc.false_hit_bound),

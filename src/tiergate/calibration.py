@@ -24,11 +24,22 @@ calibration data. Following *Learn then Test* (Angelopoulos et al., 2021):
    calibration data is chosen.
 
 With two tiers the order is simply the threshold grid from 1 down. With more tiers the
-grid is multi-dimensional, so the order is learned on a separate 30 % of the data
-(*Pareto testing*, Laufer-Goldshtein et al., 2023): the cost/accuracy Pareto front is
-found there and tested in order of its accuracy on the remaining 70 %. If even the
-safest hypothesis is not rejected the target is infeasible and :class:`CalibrationError`
-reports the best lower bound the data supports.
+grid is multi-dimensional, and two fixed sequences run side by side, each at level
+``delta / 2`` (by the union bound every certified ``λ`` of either still meets the target
+simultaneously with probability ``1 - delta``):
+
+- *a common threshold*: every tier accepts at the same calibrated confidence ``t``
+  ("answer when the probability of being right is at least ``t``"), ``t`` from 1 down,
+  tested on all the data — a data-independent order, so nothing is spent on learning it;
+- *Pareto testing* (Laufer-Goldshtein et al., 2023): the cost/accuracy Pareto front is
+  found on a separate 30 % of the data and tested in order of its accuracy there, on
+  the remaining 70 % — it can find unequal thresholds, but its order is noisy when the
+  data are few.
+
+On the demo's three tiers (1,913 calibration examples) the common threshold certified a
+cascade at 0.41 of always-MPNet's cost where Pareto testing alone stopped at 0.54. If
+even the safest hypothesis is not rejected the target is infeasible and
+:class:`CalibrationError` reports the best lower bound the data supports.
 """
 
 from __future__ import annotations
@@ -254,40 +265,50 @@ def learn_then_test(
     if n_tiers == 2:
         grid = _grid(n_classes, grid_points or 500)
         order: list[tuple[float, ...]] = [(float(t),) for t in grid]
-        test_idx = np.arange(n)
+        sequences = [(order, np.arange(n), delta)]
         method = "learn-then-test/fixed-sequence/binomial"
     else:
+        # Two fixed sequences, each at delta / 2 (a union bound keeps the family-wise
+        # error at delta): one common threshold for every tier, on all the data in a
+        # data-independent order; and Pareto testing, its order learned on 30 %.
+        grid = _grid(n_classes, grid_points or 500)
+        common = [(float(t),) * (n_tiers - 1) for t in grid]
         per_tier = grid_points or max(6, round(40_000 ** (1 / (n_tiers - 1))))
-        grid = _grid(n_classes, per_tier)
         rng = np.random.default_rng(seed)
         perm = rng.permutation(n)
         n_opt = int(0.3 * n)
         opt_idx, test_idx = perm[:n_opt], perm[n_opt:]
-        order = _pareto_order(confidences, correct, costs, grid, n_tiers, opt_idx)
-        method = "learn-then-test/pareto-testing/binomial"
+        pareto = _pareto_order(
+            confidences, correct, costs, _grid(n_classes, per_tier), n_tiers, opt_idx
+        )
+        sequences = [(common, np.arange(n), delta / 2), (pareto, test_idx, delta / 2)]
+        method = "learn-then-test/common-threshold+pareto-testing/binomial"
 
-    sub_conf = [c[test_idx] for c in confidences]
-    sub_ok = [c[test_idx] for c in correct]
-    m = len(test_idx)
-    certified: list[tuple[float, ...]] = []
+    certified: list[tuple[tuple[float, ...], IntArray, float]] = []
     best_lb = 0.0
     tested = 0
-    for lam in order:
-        tested += 1
-        o = cascade_outcome(sub_conf, sub_ok, costs, lam)
-        k = int(o.correct.sum())
-        best_lb = max(best_lb, accuracy_lower_bound(k, m, delta))
-        if binomial_pvalue(m - k, m, alpha) > delta:
-            break
-        certified.append(lam)
+    for order, idx, level in sequences:
+        sub_conf = [c[idx] for c in confidences]
+        sub_ok = [c[idx] for c in correct]
+        m = len(idx)
+        for lam in order:
+            tested += 1
+            o = cascade_outcome(sub_conf, sub_ok, costs, lam)
+            k = int(o.correct.sum())
+            best_lb = max(best_lb, accuracy_lower_bound(k, m, level))
+            if binomial_pvalue(m - k, m, alpha) > level:
+                break
+            certified.append((lam, idx, level))
     if not certified:
-        raise _infeasible(target_accuracy, confidence, best_lb, m)
+        raise _infeasible(target_accuracy, confidence, best_lb, n)
 
-    full = [cascade_outcome(confidences, correct, costs, lam) for lam in certified]
+    full = [cascade_outcome(confidences, correct, costs, lam) for lam, _, _ in certified]
     best = min(range(len(certified)), key=lambda i: (float(full[i].cost.mean()), -full[i].accuracy))
-    chosen = certified[best]
-    o_test = cascade_outcome(sub_conf, sub_ok, costs, chosen)
-    lb = accuracy_lower_bound(int(o_test.correct.sum()), m, delta)
+    chosen, idx, level = certified[best]
+    o_test = cascade_outcome(
+        [c[idx] for c in confidences], [c[idx] for c in correct], costs, chosen
+    )
+    lb = accuracy_lower_bound(int(o_test.correct.sum()), len(idx), level)
     n_cert = len(certified)
     return _result(
         chosen, full[best], target_accuracy, confidence, lb, n, n_cert, tested, method, n_tiers

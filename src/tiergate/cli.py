@@ -416,6 +416,10 @@ def evaluate(
         float | None,
         typer.Option(help="Replay a trace with a semantic cache at this similarity."),
     ] = None,
+    compare: Annotated[
+        list[Path] | None,
+        typer.Option(help="Another config to evaluate side by side (repeatable)."),
+    ] = None,
 ) -> None:
     """Accuracy, escalation, cost and latency on labelled data, with baselines and plots."""
     from tiergate.evaluation import evaluate_config
@@ -425,11 +429,22 @@ def evaluate(
             tick = _ticker(bar)
             rep = evaluate_config(
                 config, data, report_dir=report, progress=tick,
-                semantic_threshold=semantic_threshold,
+                semantic_threshold=semantic_threshold, compare=compare or (),
             )  # fmt: skip
     except TiergateError as exc:
         raise _fail(exc) from None
     op = rep["operating_point"]
+    if rep["comparison"]:
+        table = Table("config", "tiers", "accuracy", "vs always-last", "cost/1k",
+                      "cost vs always-last", "reaching last", "gap to oracle")  # fmt: skip
+        for row in rep["comparison"]:
+            table.add_row(
+                Path(row["config"]).name, " → ".join(row["tiers"]), f"{row['accuracy']:.4f}",
+                f"{row['accuracy_vs_always_last']:.2%}", f"{row['cost_per_1k']:.3g}",
+                f"{row['cost_vs_always_last']:.2%}", f"{row['reaching_last']:.1%}",
+                f"{100 * row['gap_to_oracle']:.1f} pts",
+            )  # fmt: skip
+        stdout.print(table)
     _warn(rep.get("warnings", []))
     stdout.print(
         f"accuracy {op['accuracy']:.4f}, escalated {op['escalation_rate']:.3f}, "

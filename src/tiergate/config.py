@@ -44,6 +44,7 @@ __all__ = [
     "FeedbackConfig",
     "HttpConfig",
     "LimitsConfig",
+    "MiniLMStackModelConfig",
     "ModelConfig",
     "MonitorConfig",
     "OnnxEmbeddingClassifierConfig",
@@ -112,6 +113,22 @@ class OnnxEmbeddingClassifierConfig(_Frozen):
     max_length: int = Field(128, ge=8, le=4096, description="Truncate inputs to this many tokens.")
     intra_op_threads: int | None = Field(
         None, ge=1, le=256, description="onnxruntime intra-op threads (default: CPU count)."
+    )
+
+
+class MiniLMStackModelConfig(_Frozen):
+    """A classifier head over the semantic cache's MiniLM embedding, optionally stacked
+    with another model's log-probabilities (a cheap middle tier: with the semantic cache
+    on, the embedding is shared with the cache and computed once per request)."""
+
+    kind: Literal["minilm-stack"] = Field(description="Model adapter kind.")
+    head: ExistingFile = Field(
+        description="joblib classifier over `[embedding, log p(stack)]` (or the embedding alone)."
+    )
+    stack: ExistingFile | None = Field(
+        None,
+        description="joblib scikit-learn pipeline over raw texts whose clipped log-probabilities "
+        "are appended to the embedding (e.g. the first tier's model).",
     )
 
 
@@ -269,6 +286,7 @@ def _one_input_slot(template: str) -> str:
 ModelConfig = Annotated[
     SklearnModelConfig
     | OnnxEmbeddingClassifierConfig
+    | MiniLMStackModelConfig
     | CallableModelConfig
     | OpenAIChatModelConfig
     | OpenAICompletionsModelConfig

@@ -178,6 +178,9 @@ class Service:
             )
         _check_labels(tiers)
         for t, tc in zip(tiers, config.tiers, strict=True):
+            if tc.model.kind == "minilm-stack":  # priced at its head when the cache embeds
+                model: Any = getattr(t.adapter, "inner", t.adapter)
+                model.embedding_shared = config.cache.semantic.enabled
             if measure_costs:  # without it, 'auto' keeps the thread
                 t.measure_cost(_COST_PROBE, config.pricing.cpu_second)
             t.inline = tc.executor == "inline" or (

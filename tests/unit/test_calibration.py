@@ -95,14 +95,38 @@ def test_ltt_refuses_infeasible_target_with_best_bound() -> None:
     assert "best accuracy these data certify" in info.value.message
 
 
-def test_ltt_three_tiers_uses_pareto_testing() -> None:
+def test_ltt_three_tiers_tests_a_common_threshold_and_the_pareto_front() -> None:
     rng = np.random.default_rng(3)
     conf, ok = population(6000, rng, n_tiers=3)
     res = learn_then_test(conf, ok, [1.0, 3.0, 10.0], 0.82, confidence=0.9)
     assert len(res.thresholds) == 2
-    assert res.method == "learn-then-test/pareto-testing/binomial"
+    assert res.method == "learn-then-test/common-threshold+pareto-testing/binomial"
     assert res.accuracy_lower_bound >= 0.82
     assert res.expected_cost < 14.0
+
+
+def test_three_tier_guarantee_holds_over_redraws_of_calibration_data() -> None:
+    """Both sequences together (each at δ/2) still meet the target ≥ 1 - δ of the time."""
+    rng = np.random.default_rng(5)
+    big_conf, big_ok = population(200_000, rng, n_tiers=3)
+    costs = [1.0, 3.0, 10.0]
+    target, confidence, runs = 0.80, 0.9, 100
+    hits = refused = 0
+    for _ in range(runs):
+        idx = rng.integers(0, 200_000, 1500)
+        try:
+            res = learn_then_test(
+                [c[idx] for c in big_conf], [o[idx] for o in big_ok], costs, target,
+                confidence=confidence, grid_points=25,
+            )  # fmt: skip
+        except CalibrationError:
+            refused += 1
+            hits += 1
+            continue
+        hits += cascade_outcome(big_conf, big_ok, costs, res.thresholds).accuracy >= target
+    tol = 3 * np.sqrt(confidence * (1 - confidence) / runs)
+    assert refused < runs // 4
+    assert hits / runs >= confidence - tol
 
 
 def test_guarantee_holds_over_redraws_of_calibration_data() -> None:

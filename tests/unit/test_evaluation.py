@@ -248,3 +248,71 @@ def test_routing_curves_match_the_cascade_replay() -> None:
     assert oracle["accuracy"] == pytest.approx((ok0 | rest_ok).mean())
     accs = [p["accuracy"] for p in out["oracle_curve"]]
     assert max(accs) == pytest.approx(oracle["accuracy"])
+
+
+THREE_TIERS = """
+service: eval-test-3
+tiers:
+  - name: fast
+    model: {{kind: callable, target: "tiergate.testing:keyword_sentiment",
+             labels: [negative, positive]}}
+    cost_per_call: 1.0
+    threshold: 0.8
+  - name: middle
+    model: {{kind: callable, target: "{accurate}", labels: [negative, positive]}}
+    cost_per_call: 2.0
+    threshold: 0.7
+  - name: accurate
+    model: {{kind: callable, target: "{accurate}", labels: [negative, positive]}}
+    cost_per_call: 10.0
+"""
+
+
+def test_compare_puts_configs_side_by_side_and_scores_shared_tiers_once(tmp_path: Path) -> None:
+    (tmp_path / "tg_eval_cmp.py").write_text(ACCURATE_MODULE)
+    config, data = write_setup(tmp_path, "tg_eval_cmp:accurate")
+    three = tmp_path / "three.yaml"
+    three.write_text(THREE_TIERS.format(accurate="tg_eval_cmp:accurate"))
+    stages: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(tmp_path))
+        report = evaluate_config(
+            config, data, report_dir=tmp_path / "out", compare=[three],
+            progress=lambda s, i, n: stages.append(s),
+        )  # fmt: skip
+        sys.modules.pop("tg_eval_cmp", None)
+    two_row, three_row = report["comparison"]
+    op = report["operating_point"]
+    assert two_row["accuracy"] == op["accuracy"] and two_row["tiers"] == ["fast", "accurate"]
+    assert two_row["cost_vs_always_last"] == pytest.approx(op["mean_cost"] / 10.0)
+    # The three-tier row, replayed by hand: fast keeps >= 0.8, middle >= 0.7, the rest go on.
+    texts, labels = zip(*make_data(), strict=True)
+    from tiergate.testing import keyword_sentiment
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import tg_eval_cmp
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("tg_eval_cmp", None)
+    pf, pa = keyword_sentiment(list(texts)), tg_eval_cmp.accurate(list(texts))
+    y = np.array([lab == "positive" for lab in labels])
+    first = pf.max(1) >= 0.8
+    second = ~first & (pa.max(1) >= 0.7)
+    right = np.where(first, pf.argmax(1) == y, pa.argmax(1) == y)
+    cost = 1.0 + 2.0 * ~first + 10.0 * (~first & ~second)
+    assert three_row["tiers"] == ["fast", "middle", "accurate"]
+    assert three_row["accuracy"] == pytest.approx(right.mean())
+    assert three_row["cost_per_1k"] == pytest.approx(1000 * cost.mean())
+    assert three_row["tier_shares"] == pytest.approx(
+        {"fast": first.mean(), "middle": second.mean(), "accurate": (~first & ~second).mean()}
+    )
+    assert three_row["reaching_last"] == three_row["tier_shares"]["accurate"]
+    assert three_row["any_tier_right"] >= max(three_row["accuracy"], two_row["accuracy"])
+    # middle and accurate run the same model: one version, scored once for both configs
+    calls = stages.count("latency fast")  # one progress tick per timed call
+    assert calls > 0 and stages.count("latency accurate") == calls
+    assert not any("middle" in s for s in stages)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Configs side by side" in html and "fast → middle → accurate" in html
+    assert any("three.yaml (fast → middle → accurate)" in line for line in report["summary"])

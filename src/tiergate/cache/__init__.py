@@ -24,7 +24,13 @@ from tiergate.cache.calibrate import (
 from tiergate.cache.exact import ExactCache, make_namespace, normalise_text
 from tiergate.cache.index import Match, NumpyIndex, VectorIndex
 from tiergate.cache.metrics import CacheMetrics, NullCacheMetrics, PrometheusCacheMetrics
-from tiergate.cache.minilm import MINILM_PACKAGES, load_minilm_embedder, minilm_files
+from tiergate.cache.minilm import (
+    MINILM_PACKAGES,
+    MemoEmbedder,
+    load_minilm_embedder,
+    minilm_files,
+    shared_minilm_embedder,
+)
 from tiergate.cache.pairs import (
     Pair,
     build_pair_file,
@@ -47,6 +53,7 @@ __all__ = [
     "FalseHitMonitor",
     "LayeredStore",
     "Match",
+    "MemoEmbedder",
     "MemoryStore",
     "NullCacheMetrics",
     "NumpyIndex",
@@ -71,5 +78,6 @@ __all__ = [
     "normalise_text",
     "read_pairs",
     "score_pairs",
+    "shared_minilm_embedder",
     "write_pairs",
 ]

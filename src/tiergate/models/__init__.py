@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tiergate.config import (
     CallableModelConfig,
+    MiniLMStackModelConfig,
     ModelConfig,
     OnnxEmbeddingClassifierConfig,
     OpenAIChatModelConfig,
@@ -57,6 +58,10 @@ def load_adapter(cfg: ModelConfig, *, name: str = "tier") -> ModelAdapter | Asyn
             max_length=cfg.max_length,
             intra_op_threads=cfg.intra_op_threads,
         )
+    if isinstance(cfg, MiniLMStackModelConfig):
+        from tiergate.models.stack import MiniLMStackClassifier
+
+        return MiniLMStackClassifier.from_config(cfg.head, cfg.stack)
     if isinstance(cfg, CallableModelConfig):
         return CallableAdapter(import_callable(cfg.target), cfg.labels)
     raise TypeError(f"unknown model config {type(cfg).__name__}")  # pragma: no cover
