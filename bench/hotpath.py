@@ -8,7 +8,9 @@ In one run, on this machine, with wrk (Debian's `wrk`; `apt-get install wrk`) on
 - **fast**: the demo with the exact cache off and an input the fast tier accepts;
 - **mixed**: the demo's test split, cache off (a share escalates to MPNet);
 - **cache+keys**, **fast+keys** (only when named in ``--paths``): ``cache`` and ``fast``
-  with an API key, a rate limit and a budget checked on every request (closed loop only).
+  with an API key, a rate limit and a budget checked on every request (closed loop only);
+- **fast-3tier**, **mixed-3tier** (only when named): ``fast`` and ``mixed`` on the
+  three-tier demo (``config-3tier.yaml``: NB → MiniLM + NB stacked → MPNet int8).
 
 Each at 1, 16 and 64 connections (closed loop, wrk -t1, ``--duration`` s), then an open-loop
 `tiergate bench` step at 80 % of the best closed-loop rate of that path; for ``mixed``, a rate
@@ -348,7 +350,7 @@ def main() -> None:
             entry: dict[str, Any] = {"closed_loop": steps}
             top = max(steps, key=lambda s: s["rps"])
             best = top["rps"]
-            if name == "mixed":
+            if name.startswith("mixed"):
                 entry["open_loop_search"] = rate_search(server, args, open_data, tmp, best)
             elif headers:
                 pass  # `tiergate bench` sends no key: closed loop only
@@ -379,6 +381,11 @@ def main() -> None:
     nocache = write_config({**base_cfg, "cache": {"exact": {"enabled": False}}}, tmp / "nc.yaml")
     if "fast" in paths:
         run_path("fast", [*serve, str(nocache)], [one], one_file)
+    three_cfg = demo_config_dict(demo, "config-3tier.yaml") if any(
+        p.endswith("-3tier") for p in paths) else None  # fmt: skip
+    if three_cfg is not None and "fast-3tier" in paths:
+        nc3 = write_config({**three_cfg, "cache": {"exact": {"enabled": False}}}, tmp / "nc3.yaml")
+        run_path("fast-3tier", [*serve, str(nc3)], [one], one_file)
     # The same two paths with every tenancy check on: a key (hash check), a rate limit
     # (token buckets) and a budget (reserve + settle) per request, per-process stores.
     keyed = [p for p in paths if p in ("cache+keys", "fast+keys")]
@@ -403,6 +410,10 @@ def main() -> None:
             results["mixed_fast_threshold"] = args.fast_threshold
         cfg = write_config(mixed, tmp / "mixed.yaml")
         run_path("mixed", [*serve, str(cfg)], bodies, demo / "data" / "test.jsonl")
+    if three_cfg is not None and "mixed-3tier" in paths:
+        bodies = [orjson.dumps({"input": t}) for t in texts[:2000]]
+        cfg = write_config({**three_cfg, "cache": {"exact": {"enabled": False}}}, tmp / "m3.yaml")
+        run_path("mixed-3tier", [*serve, str(cfg)], bodies, demo / "data" / "test.jsonl")
     ceiling = {s["connections"]: s["rps"] for s in results["paths"].get("ceiling", {}).get(
         "closed_loop", [])}  # fmt: skip
     for entry in results["paths"].values():

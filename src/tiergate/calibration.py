@@ -325,7 +325,25 @@ def _pareto_order(
 ) -> list[tuple[float, ...]]:
     conf = [c[idx] for c in confidences]
     ok = [c[idx] for c in correct]
-    points = []
+    points: list[tuple[float, float, tuple[float, ...]]] = []
+    if n_tiers == 3:
+        # Every (t1, t2) at once: tier 0 keeps A0[a, i]; of the rest, tier 1 keeps A1[b, i].
+        a0 = (conf[0][None, :] >= grid[:, None]).astype(np.float64)
+        a1 = (conf[1][None, :] >= grid[:, None]).astype(np.float64)
+        ok0, ok1, ok2 = (np.asarray(o, dtype=np.float64) for o in ok)
+        m = max(len(ok0), 1)
+        right = (a0 @ ok0)[:, None] + (1.0 - a0) @ (a1 * ok1 + (1.0 - a1) * ok2).T
+        spent = costs[0] * len(ok0) + (1.0 - a0) @ (costs[1] + (1.0 - a1) * costs[2]).T
+        acc, cost = (right / m).ravel(), (spent / m).ravel()  # row-major: product order
+        # Pareto front: by cost (then accuracy, then grid order), keep each point that beats
+        # every cheaper point's accuracy; then safest (most accurate) first.
+        order = np.lexsort((np.arange(len(acc)), -acc, cost))
+        a = acc[order]
+        before = np.concatenate([[-1.0], np.maximum.accumulate(a)[:-1]])
+        keep = order[a > before]
+        keep = keep[np.argsort(-acc[keep], kind="stable")]
+        g = grid.tolist()
+        return [(g[k // len(g)], g[k % len(g)]) for k in keep.tolist()]
     for lam in itertools.product(grid.tolist(), repeat=n_tiers - 1):
         o = cascade_outcome(conf, ok, costs, lam)
         points.append((o.accuracy, float(o.cost.mean()), tuple(lam)))
@@ -333,10 +351,10 @@ def _pareto_order(
     points.sort(key=lambda p: (p[1], -p[0]))
     front = []
     best_acc = -1.0
-    for acc, cost, lam in points:
-        if acc > best_acc:
-            front.append((acc, cost, lam))
-            best_acc = acc
+    for acc_, cost_, lam in points:
+        if acc_ > best_acc:
+            front.append((acc_, cost_, lam))
+            best_acc = acc_
     front.sort(key=lambda p: (-p[0], p[1]))
     return [lam for _, _, lam in front]
 

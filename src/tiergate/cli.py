@@ -444,7 +444,7 @@ def evaluate(
                 f"{row['cost_vs_always_last']:.2%}", f"{row['reaching_last']:.1%}",
                 f"{100 * row['gap_to_oracle']:.1f} pts",
             )  # fmt: skip
-        stdout.print(table)
+        stdout.print(table, width=max(stdout.width, 150))
     _warn(rep.get("warnings", []))
     stdout.print(
         f"accuracy {op['accuracy']:.4f}, escalated {op['escalation_rate']:.3f}, "

@@ -61,3 +61,31 @@ def test_a_failed_build_is_a_config_error(tmp_path: Path) -> None:
     assert "failed" in info.value.message and "tiergate demo build" in info.value.message
     assert info.value.fields["exit_code"] != 0
     assert f"building the demo in {target}" in said.getvalue()
+
+
+def test_the_three_tier_demo_serves_with_its_own_certificate(demo_dir: Path) -> None:
+    import asyncio
+
+    from tiergate.config import load_config
+    from tiergate.service import Service
+
+    manifest = json.loads((demo_dir / "manifest.json").read_text())
+    three = manifest["three_tier"]
+    assert three["config"] == "config-3tier.yaml"
+    middle = three["middle"]
+    assert middle["test_accuracy"] > manifest["tiers"]["fast"]["test_accuracy"]
+    cal = three["calibration"]
+    assert cal["achieved"]["accuracy_lower_bound"] >= cal["target_accuracy"]
+    assert set(cal["thresholds"]) == {"fast", "middle"}
+    service = Service.from_config(load_config(demo_dir / "config-3tier.yaml"))
+    try:
+        assert [t.name for t in service.tiers] == ["fast", "middle", "accurate"]
+        assert [t.threshold for t in service.tiers[:2]] == [
+            cal["thresholds"]["fast"], cal["thresholds"]["middle"]
+        ]  # fmt: skip
+        # what the build measured is what a served config loads
+        assert service.tiers[1].version == middle["model_version"]
+        r = asyncio.run(service.predict("an odd film, neither good nor bad")).to_dict()
+        assert r["path"][0] == "fast" and r["output"] in ("positive", "negative")
+    finally:
+        service.close()

@@ -164,3 +164,29 @@ def test_default_target_is_a_point_under_the_last_tiers_certified_accuracy() -> 
     assert round(target * 1000) == target * 1000  # 0.1-point steps
     # always leaves the all-escalate hypothesis certifiable
     assert binomial_pvalue(293, 1913, 1 - target) <= 0.05
+
+
+def test_three_tier_pareto_front_matches_a_point_by_point_replay() -> None:
+    """The vectorised 3-tier front is the front of every grid point replayed one by one."""
+    import itertools
+
+    from tiergate.calibration import _grid, _pareto_order
+
+    rng = np.random.default_rng(7)
+    conf, ok = population(700, rng, n_tiers=3)
+    costs = [1.0, 3.0, 10.0]
+    grid = _grid(2, 40)
+    points = []
+    for lam in itertools.product(grid.tolist(), repeat=2):
+        o = cascade_outcome(conf, ok, costs, lam)
+        points.append((o.accuracy, float(o.cost.mean()), lam))
+    points.sort(key=lambda p: (p[1], -p[0]))
+    front, best = [], -1.0
+    for acc, cost, lam in points:
+        if acc > best:
+            front.append((acc, cost, lam))
+            best = acc
+    front.sort(key=lambda p: (-p[0], p[1]))
+    want = [lam for _, _, lam in front]
+    got = _pareto_order(conf, ok, costs, grid, 3, np.arange(700))
+    assert got == want and len(got) > 5

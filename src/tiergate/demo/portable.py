@@ -13,13 +13,14 @@ import yaml
 
 __all__ = ["demo_config_dict", "write_config"]
 
-_FILE_KEYS = ("path", "tokenizer", "head")
+_FILE_KEYS = ("path", "tokenizer", "head", "stack")
 
 
-def demo_config_dict(demo_dir: Path) -> dict[str, Any]:
-    """The demo's ``config.yaml`` as a dict, every file path made absolute."""
+def demo_config_dict(demo_dir: Path, name: str = "config.yaml") -> dict[str, Any]:
+    """One of the demo's configs (``config.yaml``, ``config-3tier.yaml``) as a dict, every
+    file path made absolute."""
     demo_dir = Path(demo_dir).resolve()
-    cfg: dict[str, Any] = yaml.safe_load((demo_dir / "config.yaml").read_text(encoding="utf-8"))
+    cfg: dict[str, Any] = yaml.safe_load((demo_dir / name).read_text(encoding="utf-8"))
     for tier in cfg["tiers"]:
         model = tier["model"]
         for key in _FILE_KEYS:

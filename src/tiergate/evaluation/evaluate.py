@@ -233,6 +233,7 @@ def _comparison_row(
         # No router over these tiers can beat this: some tier is right.
         "any_tier_right": float(any_right.mean()),
         "thresholds": op["thresholds"],
+        "cost_per_call": {t["name"]: t["cost_per_call"] for t in analysis["tiers"]},
     }
 
 
