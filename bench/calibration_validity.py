@@ -31,7 +31,6 @@ from tiergate.calibration import learn_then_test as ltt
 from tiergate.config import tiergate_home
 from tiergate.errors import CalibrationError
 from tiergate.evaluation.validity import resampling_study
-from tiergate.models.stack import stack_features
 from tiergate.offline import read_labelled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,12 +39,12 @@ TIERS = {2: ("fast", "accurate"), 3: ("fast", "middle", "accurate")}
 
 def demo_scores(demo: Path, three_tier: bool = False) -> dict[str, Any]:
     """Every tier's probabilities on the calibration and test splits (no re-embedding:
-    the build's stored MPNet and MiniLM embeddings)."""
+    the build's stored MPNet and middle-tier embeddings)."""
     fast = joblib.load(demo / "fast.joblib")
     head = joblib.load(demo / "accurate-head.joblib")
     emb = np.load(demo / "embeddings-int8.npz")
     middle = joblib.load(demo / "middle-head.joblib") if three_tier else None
-    mini = np.load(demo / "embeddings-minilm.npz") if three_tier else None
+    mini = np.load(demo / "embeddings-middle.npz") if three_tier else None
     out: dict[str, Any] = {}
     for split in ("calibration", "test"):
         texts, labels = read_labelled(demo / "data" / f"{split}.jsonl")
@@ -56,7 +55,7 @@ def demo_scores(demo: Path, three_tier: bool = False) -> dict[str, Any]:
         probs = [p_fast, head.predict_proba(emb[split])]
         if middle is not None and mini is not None:
             assert classes == [str(c) for c in middle.classes_]
-            probs.insert(1, middle.predict_proba(stack_features(mini[split], p_fast)))
+            probs.insert(1, middle.predict_proba(mini[split]))
         out[split] = {"probs": probs, "y": y}
     return out
 

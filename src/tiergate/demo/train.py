@@ -29,12 +29,10 @@ __all__ = [
     "measure_latency",
     "train_fast",
     "train_head",
-    "train_middle",
 ]
 
 FAST_CS = (0.3, 1.0, 3.0, 10.0, 30.0)
 HEAD_CS = (0.1, 0.3, 1.0, 3.0, 10.0)
-MIDDLE_CS = (0.1, 0.3, 1.0, 3.0)
 Choice = dict[str, Any]  # what was tried and what won, for the manifest
 
 
@@ -112,35 +110,6 @@ def train_head(
     best, choice = choose_by_cv(pipeline, train[0], train[1], cs)
     head: LogisticRegression = best.named_steps["clf"]
     return head, choice
-
-
-def train_middle(
-    fast: Pipeline,
-    texts: Sequence[str],
-    labels: Sequence[str],
-    embeddings: Embeddings,
-    *,
-    cs: Sequence[float] = MIDDLE_CS,
-) -> tuple[LogisticRegression, Choice]:
-    """The middle tier's head: LR on ``[MiniLM embedding, log p(fast)]``, trained on train.
-
-    The fast tier's probabilities enter out of fold (5-fold clones of ``fast`` refitted on
-    the other folds): in-sample they would be over-confident, and the head would learn to
-    trust them more than it should on new text. ``C`` by cross-validation on the same folds.
-    """
-    from sklearn.base import clone
-    from sklearn.model_selection import cross_val_predict
-
-    from tiergate.models.stack import stack_features
-
-    cv = StratifiedKFold(5, shuffle=True, random_state=0)
-    oof = cross_val_predict(clone(fast), list(texts), list(labels), cv=cv, method="predict_proba")
-    x = stack_features(embeddings, oof)
-    pipeline = Pipeline([("clf", LogisticRegression(max_iter=5000))])
-    best, choice = choose_by_cv(pipeline, x, labels, cs)
-    head: LogisticRegression = best.named_steps["clf"]
-    return head, {**choice, "features": f"MiniLM-L3 int8 ({embeddings.shape[1]}) + log p(fast), "
-                  "out of fold"}  # fmt: skip
 
 
 def embed_corpus(
