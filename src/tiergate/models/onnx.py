@@ -273,6 +273,10 @@ class OnnxEmbeddingClassifier:
     """A :class:`~tiergate.models.base.ModelAdapter`: ONNX sentence embeddings + a
     scikit-learn classifier head (anything with ``predict_proba`` and ``classes_``)
     saved with joblib.
+
+    With ``stack_path`` (a joblib pipeline over raw texts, e.g. the first tier's model) the
+    head reads ``[embedding, log p(stack)]`` (:func:`~tiergate.models.stack.stack_features`),
+    so it can learn where that model is right and where the embedding knows better.
     """
 
     def __init__(
@@ -284,6 +288,7 @@ class OnnxEmbeddingClassifier:
         max_length: int = 128,
         intra_op_threads: int | None = None,
         row_by_row: bool | None = None,
+        stack_path: Path | None = None,
     ) -> None:
         head_path = _require_file(head_path, "classifier head")
         self._embedder = OnnxSentenceEmbedder(
@@ -307,7 +312,31 @@ class OnnxEmbeddingClassifier:
             )
         self._head = head
         self._labels = tuple(str(c) for c in head.classes_)
-        self._version = combine_digests(self._embedder.sha256, file_digest(head_path, length=64))
+        self._stack: Any = None
+        digests = [self._embedder.sha256, file_digest(head_path, length=64)]
+        if stack_path is not None:
+            from tiergate.models.stack import _load
+
+            self._stack = _load(_require_file(stack_path, "stacked model"), "stacked model")
+            stack_labels = tuple(str(c) for c in self._stack.classes_)
+            if stack_labels != self._labels:
+                raise ConfigError(
+                    f"stacked model {stack_path} has labels {list(stack_labels)}, the head "
+                    f"{head_path} has {list(self._labels)}; they must be the same",
+                    path=str(stack_path),
+                )
+            digests.append(file_digest(stack_path, length=64))
+        width = self._embedder.dim + (0 if self._stack is None else len(self._labels))
+        n_in = getattr(head, "n_features_in_", width)
+        if n_in != width:
+            raise ConfigError(
+                f"classifier head {head_path} takes {n_in} features, but the embedding "
+                f"({self._embedder.dim})"
+                f"{' plus the stacked log-probabilities' if self._stack is not None else ''}"
+                f" gives {width}",
+                path=str(head_path),
+            )
+        self._version = combine_digests(*digests)
         self._name = head_path.name
 
     @property
@@ -329,12 +358,22 @@ class OnnxEmbeddingClassifier:
         """Class probabilities, shape ``(len(texts), len(labels))``, float64."""
         if len(texts) == 0:
             return np.zeros((0, len(self._labels)), dtype=np.float64)
-        return self.predict_embeddings(self._embedder.embed(texts))
+        return self.predict_embeddings(self._embedder.embed(texts), texts)
 
-    def predict_embeddings(self, embeddings: Embeddings) -> Probabilities:
-        """Class probabilities for precomputed embeddings from :attr:`embedder`."""
+    def predict_embeddings(
+        self, embeddings: Embeddings, texts: Sequence[str] | None = None
+    ) -> Probabilities:
+        """Class probabilities for precomputed embeddings from :attr:`embedder` (``texts``:
+        the inputs they embed, needed when the head is stacked)."""
         try:
-            probs = self._head.predict_proba(embeddings)
+            x: Any = embeddings
+            if self._stack is not None:
+                if texts is None:
+                    raise ValueError("a stacked head needs the texts as well as the embeddings")
+                from tiergate.models.stack import stack_features
+
+                x = stack_features(embeddings, self._stack.predict_proba(list(texts)))
+            probs = self._head.predict_proba(x)
         except Exception as exc:  # sklearn raises many types; all mean the head failed
             raise ModelError(
                 f"classifier head {self._name} failed: {exc}", model=self._name
