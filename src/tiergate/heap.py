@@ -7,6 +7,13 @@ pydantic and FastAPI machinery) that live as long as the process. CPython's full
 permanent generation (``gc.freeze()``), so later collections walk only what was allocated
 since; :class:`GcWatch` times every collection through ``gc.callbacks`` so an operator sees
 the pauses (``tiergate_gc_pause_seconds{generation}``) instead of guessing at a tail.
+
+A pause is timed twice: on the wall clock (what the requests waiting on the event loop
+saw) and on the collecting thread's CPU clock (``tiergate_gc_cpu_seconds``: the
+collector's own work). On a loaded machine with more runnable threads than cores, the
+scheduler can preempt the thread in the middle of a sub-millisecond collection and the
+wall time then holds milliseconds of someone else's work; the pair tells a collector that
+walks too much (both long) from a machine that is oversubscribed (wall long, CPU short).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ __all__ = ["GcPolicy", "GcWatch", "PauseSink", "prepare_for_serving"]
 class PauseSink(Protocol):
     """Where :class:`GcWatch` reports a pause (a Prometheus histogram child fits)."""
 
-    def __call__(self, generation: int, seconds: float) -> None: ...
+    def __call__(self, generation: int, seconds: float, cpu_seconds: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -55,24 +62,39 @@ class GcWatch:
     >>> watch.uninstall()  # doctest: +SKIP
     """
 
-    def __init__(self, sink: PauseSink, *, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        sink: PauseSink,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        cpu_clock: Callable[[], float] = time.thread_time,
+    ) -> None:
         self._sink = sink
         self._clock = clock
+        self._cpu_clock = cpu_clock
         self._started = 0.0
+        self._cpu_started = 0.0
         self.collections = 0
         self.longest_s = 0.0
+        self.longest_cpu_s = 0.0
 
     def __repr__(self) -> str:
-        return f"GcWatch(collections={self.collections}, longest_s={self.longest_s:.6f})"
+        return (
+            f"GcWatch(collections={self.collections}, longest_s={self.longest_s:.6f}, "
+            f"longest_cpu_s={self.longest_cpu_s:.6f})"
+        )
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = self._clock()
+            self._cpu_started = self._cpu_clock()
             return
         seconds = self._clock() - self._started
+        cpu = self._cpu_clock() - self._cpu_started
         self.collections += 1
         self.longest_s = max(self.longest_s, seconds)
-        self._sink(int(info.get("generation", -1)), seconds)
+        self.longest_cpu_s = max(self.longest_cpu_s, cpu)
+        self._sink(int(info.get("generation", -1)), seconds, cpu)
 
     def install(self) -> GcWatch:
         if self not in gc.callbacks:

@@ -138,7 +138,15 @@ class Metrics:
         )
         self.gc_pause = Histogram(
             "tiergate_gc_pause_seconds",
-            "Garbage-collector pauses of the serving process, by generation, seconds.",
+            "Garbage-collector pauses of the serving process, by generation, wall seconds.",
+            ["generation"],
+            buckets=_GC_BUCKETS,
+            registry=r,
+        )
+        self.gc_cpu = Histogram(
+            "tiergate_gc_cpu_seconds",
+            "CPU time the collecting thread spent in each garbage collection, by generation "
+            "(the collector's own work; a wall pause far above it was the scheduler).",
             ["generation"],
             buckets=_GC_BUCKETS,
             registry=r,
@@ -283,6 +291,7 @@ class Metrics:
         self.retries_by = BoundLabels(self.retries)
         self.batch_size_by = BoundLabels(self.batch_size)
         self._gc_by = BoundLabels(self.gc_pause)
+        self._gc_cpu_by = BoundLabels(self.gc_cpu)
         self._request_latency = self.request_latency
         for t in tiers:
             for outcome in ("ok", "degraded", "failed", "cached"):
@@ -290,10 +299,13 @@ class Metrics:
             self.cost_by(t)
         for g in ("0", "1", "2"):
             self._gc_by(g)
+            self._gc_cpu_by(g)
 
-    def observe_gc_pause(self, generation: int, seconds: float) -> None:
-        """A :class:`tiergate.heap.PauseSink` writing ``tiergate_gc_pause_seconds``."""
-        self._gc_by(str(generation)).observe(seconds)
+    def observe_gc_pause(self, generation: int, seconds: float, cpu_seconds: float) -> None:
+        """A :class:`tiergate.heap.PauseSink`: ``tiergate_gc_pause_seconds`` and ``_cpu_``."""
+        g = str(generation)
+        self._gc_by(g).observe(seconds)
+        self._gc_cpu_by(g).observe(cpu_seconds)
 
     def observe_result(self, result: Result) -> None:
         """Count one answered input (not cache lookups: those count in ``cache``)."""

@@ -148,7 +148,8 @@ def create_app(
     the framework (see :class:`_App`); FastAPI still documents them and serves the rest.
     Once the service is loaded, the process's heap is frozen and the collector tuned
     (``gc_policy``, see :mod:`tiergate.heap`; ``None`` leaves the collector alone), and
-    every collection's pause is exported as ``tiergate_gc_pause_seconds``.
+    every collection's pause is exported as ``tiergate_gc_pause_seconds`` (wall) and
+    ``tiergate_gc_cpu_seconds`` (the collector's CPU time).
     """
     state: dict[str, Any] = {"service": service, "error": None}
     limits = limits or (service.config.limits if service is not None else LimitsConfig())
