@@ -315,16 +315,10 @@ class OnnxEmbeddingClassifier:
         self._stack: Any = None
         digests = [self._embedder.sha256, file_digest(head_path, length=64)]
         if stack_path is not None:
-            from tiergate.models.stack import _load
+            from tiergate.models.stack import _load, check_stack_labels
 
             self._stack = _load(_require_file(stack_path, "stacked model"), "stacked model")
-            stack_labels = tuple(str(c) for c in self._stack.classes_)
-            if stack_labels != self._labels:
-                raise ConfigError(
-                    f"stacked model {stack_path} has labels {list(stack_labels)}, the head "
-                    f"{head_path} has {list(self._labels)}; they must be the same",
-                    path=str(stack_path),
-                )
+            check_stack_labels(self._stack, self._labels, stack_path, head_path)
             digests.append(file_digest(stack_path, length=64))
         width = self._embedder.dim + (0 if self._stack is None else len(self._labels))
         n_in = getattr(head, "n_features_in_", width)

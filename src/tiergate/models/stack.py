@@ -52,6 +52,19 @@ def _load(path: Path, what: str) -> Any:
     return obj
 
 
+
+def check_stack_labels(
+    stack: Any, labels: tuple[str, ...], stack_path: Any, head_path: Any
+) -> None:
+    """A stacked model must predict the head's labels, in the head's order."""
+    stack_labels = tuple(str(c) for c in stack.classes_)
+    if stack_labels != labels:
+        raise ConfigError(
+            f"stacked model {stack_path} has labels {list(stack_labels)}, "
+            f"the head {head_path} has {list(labels)}; they must be the same",
+            path=str(stack_path),
+        )
+
 class MiniLMStackClassifier:
     """``head.predict_proba(stack_features(embed(texts), stack.predict_proba(texts)))``.
 
@@ -65,13 +78,7 @@ class MiniLMStackClassifier:
         self._stack = None if stack_path is None else _load(stack_path, "stacked model")
         self._labels = tuple(str(c) for c in self._head.classes_)
         if self._stack is not None:
-            stack_labels = tuple(str(c) for c in self._stack.classes_)
-            if stack_labels != self._labels:
-                raise ConfigError(
-                    f"stacked model {stack_path} has labels {list(stack_labels)}, "
-                    f"the head {head_path} has {list(self._labels)}; they must be the same",
-                    path=str(stack_path),
-                )
+            check_stack_labels(self._stack, self._labels, stack_path, head_path)
         width = embedder.dim + (0 if self._stack is None else len(self._labels))
         n_in = getattr(self._head, "n_features_in_", width)
         if n_in != width:
