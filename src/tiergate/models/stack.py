@@ -52,7 +52,6 @@ def _load(path: Path, what: str) -> Any:
     return obj
 
 
-
 def check_stack_labels(
     stack: Any, labels: tuple[str, ...], stack_path: Any, head_path: Any
 ) -> None:
@@ -64,6 +63,7 @@ def check_stack_labels(
             f"the head {head_path} has {list(labels)}; they must be the same",
             path=str(stack_path),
         )
+
 
 class MiniLMStackClassifier:
     """``head.predict_proba(stack_features(embed(texts), stack.predict_proba(texts)))``.
