@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from tiergate.artifact import FORMAT
 from tiergate.config import load_config
 from tiergate.errors import ConfigError, InputError, NotFoundError
 from tiergate.monitor.drift import InputDrift
+from tiergate.monitor.feedback import Answer, FeedbackStore
 from tiergate.monitor.reference import BINS, AgreementModel, confidence_bin, reference_stats
 from tiergate.monitor.window import SuccessWindow, binomial_interval
 from tiergate.service import Service
@@ -213,6 +215,22 @@ def test_feedback_memory_is_bounded(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert service.monitor is not None and len(service.monitor.feedback) == 50
+
+
+def test_remembered_answers_are_not_walked_by_the_collector() -> None:
+    # Each answer is kept for up to max_items requests; as tracked objects they were most of
+    # what every middle-generation collection walked under load. Stored as tuples of strings
+    # and numbers, the collector drops them from its lists at their first collection.
+    store = FeedbackStore(max_items=5_000, ttl_s=60.0, clock=lambda: 10.0)
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(5_000):
+        store.record(f"r{i}", (f"text {i}", "positive", "fast", None, 0.9 + i * 1e-6, "v1", 10.0))
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100  # 5,000 answers held, ~0 tracked objects
+    answer = asyncio.run(store.find("r4999"))
+    assert answer == Answer("text 4999", "positive", "fast", None, 0.9 + 4999e-6, "v1", 10.0)
+    assert asyncio.run(store.find("nope")) is None
 
 
 def test_accuracy_alarm_and_auto_tightening(tmp_path: Path) -> None:

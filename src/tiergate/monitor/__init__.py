@@ -138,7 +138,7 @@ class Monitor:
         """Remember an answer for feedback; maybe shadow it. Called once per answer."""
         if result.output is None:
             return
-        self.feedback.record(request_id, Answer(
+        self.feedback.record(request_id, (
             text, result.output, result.tier, result.cache, result.confidence,
             result.calibration_version, self._wall(),
         ))  # fmt: skip

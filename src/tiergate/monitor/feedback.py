@@ -1,7 +1,10 @@
 """Recent answers awaiting a true label (``POST /v1/feedback``).
 
 Every answer is remembered under its request id in a bounded in-memory map (oldest
-out first, O(1) per answer). With ``store: redis`` the answers are also written to
+out first, O(1) per answer), as a plain tuple of strings and numbers: the garbage
+collector stops tracking such a tuple at its first collection, so a full store (100k
+answers by default) adds nothing to what later collections walk. (Stored as objects,
+they were most of what each middle-generation collection walked under load.) With ``store: redis`` the answers are also written to
 Redis, in batches by a background task (never a round trip on the request path), so a
 label may reach any replica. A labelled answer (and, when asked, a shadow label, marked
 ``"source": "shadow"``) can be appended to a JSON Lines log: the input of
@@ -22,11 +25,15 @@ from typing import Any
 
 from tiergate.cache.store import CacheStore
 
-__all__ = ["Answer", "FeedbackStore"]
+__all__ = ["Answer", "AnswerRow", "FeedbackStore"]
 
 log = logging.getLogger("tiergate.monitor")
 _FLUSH_S = 0.1
 _MAX_PENDING = 10_000
+
+
+#: An answer as it is stored: the fields of :class:`Answer`, in order.
+AnswerRow = tuple[str, str, str | None, str | None, float | None, str | None, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,10 @@ class Answer:
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_row(cls, row: AnswerRow) -> Answer:
+        return cls(*row)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Answer:
@@ -66,7 +77,7 @@ class FeedbackStore:
         self.shared = shared
         self.log_path = log_path
         self._clock = clock
-        self._answers: OrderedDict[str, Answer] = OrderedDict()
+        self._answers: OrderedDict[str, AnswerRow] = OrderedDict()
         self._pending: list[tuple[bytes, bytes]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.dropped = 0  # shared writes given up (Redis slower than traffic)
@@ -77,16 +88,17 @@ class FeedbackStore:
     def __len__(self) -> int:
         return len(self._answers)
 
-    def record(self, request_id: str, answer: Answer) -> None:
+    def record(self, request_id: str, row: AnswerRow) -> None:
+        """Remember ``row`` (the fields of an :class:`Answer`) under ``request_id``."""
         answers = self._answers
-        answers[request_id] = answer
+        answers[request_id] = row
         if len(answers) > self.max_items:
             answers.popitem(last=False)
         if self.shared is not None:
             if len(self._pending) >= _MAX_PENDING:
                 self.dropped += 1
             else:
-                self._pending.append((request_id.encode(), answer.to_bytes()))
+                self._pending.append((request_id.encode(), Answer.from_row(row).to_bytes()))
                 if self._flusher is None or self._flusher.done():
                     self._flusher = asyncio.ensure_future(self._flush_soon())
 
@@ -103,7 +115,8 @@ class FeedbackStore:
 
     async def find(self, request_id: str) -> Answer | None:
         """The answer given to ``request_id``, if it is still remembered."""
-        answer = self._answers.get(request_id)
+        row = self._answers.get(request_id)
+        answer = Answer.from_row(row) if row is not None else None
         if answer is None and self.shared is not None:
             raw = await self.shared.get(request_id.encode())
             answer = Answer.from_bytes(raw) if raw is not None else None
