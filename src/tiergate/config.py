@@ -120,7 +120,18 @@ class OnnxEmbeddingClassifierConfig(_Frozen):
     )
     max_length: int = Field(128, ge=8, le=4096, description="Truncate inputs to this many tokens.")
     intra_op_threads: int | None = Field(
-        None, ge=1, le=256, description="onnxruntime intra-op threads (default: CPU count)."
+        None,
+        ge=1,
+        le=256,
+        description="onnxruntime threads inside one call (default: 1 for dynamically "
+        "quantised models, which run one text per call; the CPU count otherwise).",
+    )
+    parallel_calls: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Calls of one batch run at once (default: CPU count / intra_op_threads "
+        "for one-text-per-call models, else 1).",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +85,43 @@ def test_int8_runs_row_by_row_fp32_batches(embedder: OnnxSentenceEmbedder, demo_
     np.testing.assert_allclose(batch, singles, atol=1e-4)
     cos = (batch * embedder.embed(TEXTS)).sum(axis=1)
     assert np.all(cos > 0.9) and cos.mean() > 0.97  # smoothed int8 stays close to fp32
+
+
+def test_thread_layout_follows_the_model(embedder: OnnxSentenceEmbedder, demo_dir: Path) -> None:
+    # One text per call (dynamic int8): one intra-op thread per call, one call per core.
+    # Batch-invariant fp32: every core inside one call, one call at a time.
+    if (why := _int8_fallback(demo_dir)) is not None:
+        pytest.skip(f"this build serves fp32 for the accurate tier ({why})")
+    cpus = os.cpu_count() or 1
+    assert (embedder.intra_op_threads, embedder.parallel_calls) == (1, cpus)
+    fp32 = OnnxSentenceEmbedder(demo_dir / "mpnet-fp32.onnx", demo_dir / "tokenizer.json")
+    assert (fp32.intra_op_threads, fp32.parallel_calls) == (cpus, 1)
+    pinned = OnnxSentenceEmbedder(
+        demo_dir / "mpnet-int8.onnx", demo_dir / "tokenizer.json", intra_op_threads=2
+    )
+    assert (pinned.intra_op_threads, pinned.parallel_calls) == (2, max(1, cpus // 2))
+
+
+def test_parallel_calls_give_the_serial_answer(
+    embedder: OnnxSentenceEmbedder, demo_dir: Path
+) -> None:
+    # Calls run on the embedder's threads and land in input order, bit for bit.
+    serial = OnnxSentenceEmbedder(
+        demo_dir / "mpnet-int8.onnx", demo_dir / "tokenizer.json", intra_op_threads=1,
+        parallel_calls=1,
+    )  # fmt: skip
+    wide = OnnxSentenceEmbedder(
+        demo_dir / "mpnet-int8.onnx", demo_dir / "tokenizer.json", intra_op_threads=1,
+        parallel_calls=3,
+    )  # fmt: skip
+    texts = [*TEXTS, *POSITIVE, *NEGATIVE]
+    assert wide.parallel_calls == 3 and serial.parallel_calls == 1
+    np.testing.assert_array_equal(wide.embed(texts), serial.embed(texts))
+    np.testing.assert_array_equal(wide.embed(texts[::-1])[::-1], serial.embed(texts))
+    with pytest.raises(ConfigError, match="parallel_calls"):
+        OnnxSentenceEmbedder(
+            demo_dir / "mpnet-int8.onnx", demo_dir / "tokenizer.json", parallel_calls=0
+        )
 
 
 def test_long_text_is_truncated(embedder: OnnxSentenceEmbedder) -> None:

@@ -57,6 +57,7 @@ def load_adapter(cfg: ModelConfig, *, name: str = "tier") -> ModelAdapter | Asyn
             cfg.head,
             max_length=cfg.max_length,
             intra_op_threads=cfg.intra_op_threads,
+            parallel_calls=cfg.parallel_calls,
             stack_path=cfg.stack,
         )
     if isinstance(cfg, MiniLMStackModelConfig):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,7 @@ class OnnxSentenceEmbedder:
         max_length: int = 128,
         intra_op_threads: int | None = None,
         row_by_row: bool | None = None,
+        parallel_calls: int | None = None,
     ) -> None:
         self._model_path = _require_file(model_path, "ONNX model")
         self._tokenizer_path = _require_file(tokenizer_path, "tokenizer")
@@ -113,23 +115,11 @@ class OnnxSentenceEmbedder:
         self._max_length = max_length
         self._sha256 = file_digest(self._model_path, length=64)
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle intra-op threads must sleep, not spin: on a small machine spinning threads
-        # starve the event loop and the fast tier between calls.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self._session = ort.InferenceSession(
-                str(self._model_path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ConfigError(
-                f"cannot load ONNX model {self._model_path}: {exc}", path=str(self._model_path)
-            ) from exc
-
+        cpus = os.cpu_count() or 1
+        # Probed with the row-by-row layout (1 thread per call) unless told otherwise; a
+        # batch-invariant model then gets a session with every core in one call instead.
+        self._intra = intra_op_threads or (1 if row_by_row is not False else cpus)
+        self._session = self._new_session(self._intra)
         self._inputs: dict[str, type[np.signedinteger[Any]]] = {}
         for inp in self._session.get_inputs():
             if inp.name not in ("input_ids", "attention_mask", "token_type_ids"):
@@ -159,7 +149,48 @@ class OnnxSentenceEmbedder:
 
         # Probing also warms the session up, so the first request is not slow.
         self._row_by_row = self._batch_dependent() if row_by_row is None else row_by_row
+        if intra_op_threads is None and not self._row_by_row and self._intra != cpus:
+            self._intra = cpus
+            self._session = self._new_session(cpus)
+        if parallel_calls is None:
+            parallel_calls = max(1, cpus // self._intra) if self._row_by_row else 1
+        if parallel_calls < 1:
+            raise ConfigError(f"parallel_calls must be >= 1, got {parallel_calls}")
+        self._parallel = parallel_calls
+        self._pool = (
+            ThreadPoolExecutor(parallel_calls, thread_name_prefix="tiergate-onnx")
+            if parallel_calls > 1
+            else None
+        )
         self._dim = int(self.embed([""]).shape[1])
+
+    def _new_session(self, intra_op_threads: int) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads must sleep, not spin: on a small machine spinning threads
+        # starve the event loop and the fast tier between calls.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(
+                str(self._model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ConfigError(
+                f"cannot load ONNX model {self._model_path}: {exc}", path=str(self._model_path)
+            ) from exc
+
+    @property
+    def intra_op_threads(self) -> int:
+        """onnxruntime threads inside one call."""
+        return self._intra
+
+    @property
+    def parallel_calls(self) -> int:
+        """Calls of one batch run at once."""
+        return self._parallel
 
     def _padding_args(self) -> dict[str, Any]:
         current = self._tokenizer.padding
@@ -212,17 +243,29 @@ class OnnxSentenceEmbedder:
             return self._run(ids, mask)
         lengths = mask.sum(axis=1)
         if self._row_by_row:
-            return np.vstack(
-                [self._run(ids[i : i + 1, :n], mask[i : i + 1, :n]) for i, n in enumerate(lengths)]
-            )
+            rows = [np.array([i], dtype=np.intp) for i in range(len(texts))]
+            return self._run_calls(ids, mask, lengths, rows)
         # Padding every text to the batch's longest wastes most of a random batch's work
         # (short texts dominate): run groups of similar length instead, in input order.
-        parts: list[tuple[npt.NDArray[np.intp], Embeddings]] = []
-        for idx in _length_groups(lengths):
+        return self._run_calls(ids, mask, lengths, _length_groups(lengths))
+
+    def _run_calls(
+        self,
+        ids: npt.NDArray[np.int64],
+        mask: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.int64],
+        calls: list[npt.NDArray[np.intp]],
+    ) -> Embeddings:
+        def one(idx: npt.NDArray[np.intp]) -> Embeddings:
             n = int(lengths[idx].max())
-            parts.append((idx, self._run(ids[idx, :n], mask[idx, :n])))
-        out: Embeddings = np.empty((len(texts), parts[0][1].shape[1]), dtype=np.float32)
-        for idx, emb in parts:
+            return self._run(ids[idx, :n], mask[idx, :n])
+
+        if self._pool is None or len(calls) == 1:
+            parts = [one(idx) for idx in calls]
+        else:
+            parts = list(self._pool.map(one, calls))
+        out: Embeddings = np.empty((len(ids), parts[0].shape[1]), dtype=np.float32)
+        for idx, emb in zip(calls, parts, strict=True):
             out[idx] = emb
         return out
 
@@ -288,6 +331,7 @@ class OnnxEmbeddingClassifier:
         max_length: int = 128,
         intra_op_threads: int | None = None,
         row_by_row: bool | None = None,
+        parallel_calls: int | None = None,
         stack_path: Path | None = None,
     ) -> None:
         head_path = _require_file(head_path, "classifier head")
@@ -297,6 +341,7 @@ class OnnxEmbeddingClassifier:
             max_length=max_length,
             intra_op_threads=intra_op_threads,
             row_by_row=row_by_row,
+            parallel_calls=parallel_calls,
         )
         try:
             head = joblib.load(head_path)
