@@ -24,6 +24,7 @@ from tiergate.models.base import (
 )
 from tiergate.resilience.breaker import BreakerPolicy, CircuitBreaker
 from tiergate.resilience.retry import Backoff, RetryBudget
+from tiergate.threads import lower_this_thread
 
 __all__ = ["LatencyTracker", "Tier"]
 
@@ -148,6 +149,9 @@ class Tier:
         self.latency = LatencyTracker()
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"tier-{name}")
+        # Calls nobody waits for (shadow evaluation) run on one thread of their own at
+        # the lowest CPU share, outside the batcher: see predict_background.
+        self._background: ThreadPoolExecutor | None = None
         # Run the model on the event loop instead of the tier's thread (see _run_pool).
         self.inline = inline
         self.measured_call_s: float | None = None
@@ -215,6 +219,27 @@ class Tier:
         scored = await self.batcher.submit(texts, deadline)
         self.latency.observe(self._clock() - start)
         return scored
+
+    async def predict_background(self, texts: Sequence[str], timeout_s: float) -> Scored:
+        """A call nobody is waiting for (a shadow evaluation), at the lowest priority.
+
+        It runs on a single thread of its own lowered to ``nice`` 19 (one call at a time),
+        never in the batcher or on the event loop, so it takes a core only when served
+        traffic leaves one free. Not counted in ``latency`` (that is served traffic).
+        Remote tiers are awaited as usual (the upstream does the work); so are inline
+        ones (too cheap to matter). Raises TimeoutError after ``timeout_s``.
+        """
+        if self.remote or self.inline:
+            return await self.predict(texts, self._clock() + timeout_s)
+        if self._background is None:
+            self._background = ThreadPoolExecutor(
+                1, thread_name_prefix=f"tier-{self.name}-background",
+                initializer=lower_this_thread,
+            )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout_s):
+            probs = await loop.run_in_executor(self._background, self.predict_sync, list(texts))
+        return Scored(probs)
 
     async def _run_pool(self, texts: list[str]) -> Scored:
         if self.remote:
@@ -318,3 +343,5 @@ class Tier:
         if callable(release):  # let injected hangs end so the process can exit
             release()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._background is not None:
+            self._background.shutdown(wait=False, cancel_futures=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +17,8 @@ from tiergate.models import CallableAdapter
 from tiergate.models.base import Probabilities
 from tiergate.service import Service
 from tiergate.testing import keyword_sentiment
+from tiergate.threads import BACKGROUND_NICE, thread_nice
+from tiergate.tier import Tier
 
 CONFIG = """
 service: executor
@@ -74,3 +79,53 @@ def test_auto_keeps_the_thread_without_a_measurement(tmp_path: Path) -> None:
     svc, _ = service(tmp_path, "auto", measure=False)
     assert not svc.tiers[0].inline
     svc.close()
+
+
+def recording_tier(gate: threading.Event | None = None) -> tuple[Tier, list[tuple[int, int]]]:
+    """A thread-executor tier whose model records (native thread id, its nice value)."""
+    seen: list[tuple[int, int]] = []
+
+    def model(texts: Sequence[str]) -> Probabilities:
+        seen.append((threading.get_native_id(), thread_nice()))
+        if gate is not None:
+            gate.wait(10)
+        return keyword_sentiment(texts)
+
+    adapter = CallableAdapter(model, ("negative", "positive"))
+    tier = Tier("accurate", adapter, threshold=None, cost_per_call=0.01, inline=False)
+    return tier, seen
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_background_calls_run_apart_at_the_lowest_priority() -> None:
+    tier, seen = recording_tier()
+
+    async def run() -> tuple[Any, Any]:
+        served = await tier.predict(["a great film"], None)
+        shadow = await tier.predict_background(["a great film"], 10.0)
+        await tier.predict_background(["an awful film"], 10.0)
+        return served, shadow
+
+    served, shadow = asyncio.run(run())
+    tier.close()
+    (served_tid, served_nice), (bg_tid, bg_nice), (bg_tid2, _) = seen
+    assert served_tid != bg_tid and bg_tid == bg_tid2  # one background thread, reused
+    assert served_nice == os.getpriority(os.PRIO_PROCESS, 0)
+    assert bg_nice == max(BACKGROUND_NICE, served_nice)
+    assert shadow.probs.tolist() == served.probs.tolist()  # the same answer, just later
+    assert tier.latency._n == 1  # served traffic only
+
+
+def test_background_call_gives_up_at_its_timeout() -> None:
+    gate = threading.Event()
+    tier, _ = recording_tier(gate)
+
+    async def run() -> None:
+        with pytest.raises(TimeoutError):
+            await tier.predict_background(["a great film"], 0.0)
+
+    try:
+        asyncio.run(run())
+    finally:
+        gate.set()
+        tier.close()

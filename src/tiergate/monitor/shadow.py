@@ -93,7 +93,7 @@ class Shadow:
     async def _run(self, text: str, tier: str, output: str) -> None:
         last = self.last
         try:
-            scored = await last.predict([text], self._clock() + _TIMEOUT_S)
+            scored = await last.predict_background([text], _TIMEOUT_S)
         except (TiergateError, TimeoutError) as exc:
             self.dropped["failed"] += 1
             log.debug("shadow call to %r failed: %s", last.name, exc)
