@@ -10,7 +10,9 @@ In one run, on this machine, with wrk (Debian's `wrk`; `apt-get install wrk`) on
 - **cache+keys**, **fast+keys** (only when named in ``--paths``): ``cache`` and ``fast``
   with an API key, a rate limit and a budget checked on every request (closed loop only);
 - **fast-3tier**, **mixed-3tier** (only when named): ``fast`` and ``mixed`` on the
-  three-tier demo (``config-3tier.yaml``: NB → MiniLM + NB stacked → MPNet int8).
+  three-tier demo (``config-3tier.yaml``: NB → MiniLM + NB stacked → MPNet int8);
+- **fast-nomonitor** (only when named): ``fast`` with the demo's ``monitor`` section removed
+  (no shadow MPNet calls on 2 % of the traffic), to show what the shadow costs the tail.
 
 Each at 1, 16 and 64 connections (closed loop, wrk -t1, ``--duration`` s), then an open-loop
 `tiergate bench` step at 80 % of the best closed-loop rate of that path; for ``mixed``, a rate
@@ -394,6 +396,10 @@ def main() -> None:
     nocache = write_config({**base_cfg, "cache": {"exact": {"enabled": False}}}, tmp / "nc.yaml")
     if "fast" in paths:
         run_path("fast", [*serve, str(nocache)], [one], one_file)
+    if "fast-nomonitor" in paths:
+        quiet = {k: v for k, v in base_cfg.items() if k != "monitor"}
+        nm = write_config({**quiet, "cache": {"exact": {"enabled": False}}}, tmp / "nm.yaml")
+        run_path("fast-nomonitor", [*serve, str(nm)], [one], one_file)
     three_cfg = demo_config_dict(demo, "config-3tier.yaml") if any(
         p.endswith("-3tier") for p in paths) else None  # fmt: skip
     if three_cfg is not None and "fast-3tier" in paths:
